@@ -1,0 +1,47 @@
+# Two commands do all the set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+REPOSITORY ?= model_repository
+# The CPU build of torch: installed first so the resolver never pulls a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install demo run test lint format bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet '$(TORCH_SPEC)'
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+$(REPOSITORY)/fraud/config.yaml: | $(VENV)/.installed
+	$(BIN)/serve-app demo build --out $(REPOSITORY)
+
+demo: $(REPOSITORY)/fraud/config.yaml
+
+# serve run configs/local.yaml: starts a local Ray cluster and serves until Ctrl-C.
+run: install demo
+	$(BIN)/serve run configs/local.yaml
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python benchmarks/graph_latency.py
+
+clean:
+	rm -rf $(VENV) $(REPOSITORY) .pytest_cache

@@ -1,0 +1,131 @@
+"""Typed settings. Every model refuses unknown keys, so a typo fails loudly at start."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64", "BYTES",
+]  # fmt: skip
+
+# Names end up in URLs, deployment names and file paths: keep them to a safe alphabet.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(Strict):
+    """A named tensor as the Open Inference Protocol describes it."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.:/-]{1,128}$")
+    """Tensor name, as the client sends it and as the model graph names it."""
+    datatype: Datatype
+    """Protocol datatype (FP32, INT64, BYTES, ...)."""
+    dims: list[int] = Field(min_length=1)
+    """Full shape, batch dimension first; -1 marks a variable dimension."""
+
+    @model_validator(mode="after")
+    def _dims_are_valid(self) -> TensorSpec:
+        if any(d < -1 for d in self.dims):
+            raise ValueError(f"dims {self.dims}: each must be -1 (variable) or a size >= 0")
+        return self
+
+
+class DynamicBatching(Strict):
+    """How the model replica groups concurrent requests (Ray Serve's @serve.batch)."""
+
+    max_batch_size: int = Field(32, ge=1)
+    """Most requests merged into one model call."""
+    batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=10.0)
+    """How long the first request of a batch waits for more to arrive."""
+
+
+class Instances(Strict):
+    """Replicas of the model deployment and what each one reserves."""
+
+    num_replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(1.0, ge=0.0)
+    num_gpus: float = Field(0.0, ge=0.0)
+    """Fractions let several models share one GPU."""
+
+
+class VersionPolicy(Strict):
+    """Which versions on disk are served: the newest N, or a fixed list (Triton's policy)."""
+
+    latest: int | None = Field(None, ge=1)
+    specific: list[int] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_policy(self) -> VersionPolicy:
+        if (self.latest is None) == (self.specific is None):
+            raise ValueError("set exactly one of 'latest' or 'specific'")
+        return self
+
+
+class RuntimeOptions(Strict):
+    """Knobs of the inference runtime inside each model replica."""
+
+    intra_op_num_threads: int | None = Field(None, ge=1)
+    """Threads for one model call; default: the replica's num_cpus, at least one."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: the GPU when one is really usable and num_gpus > 0, else the CPU."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """PyTorch only: the dtype the module runs in (inputs are cast to it)."""
+    warmup: bool = True
+    """Run one batch of zeros at load so the first client request is not the slow one."""
+
+
+class ModelConfig(Strict):
+    """<repository>/<model>/config.yaml, laid out after Triton's model configuration."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    platform: Literal["onnxruntime_onnx", "pytorch_libtorch"]
+    """onnxruntime_onnx reads model.onnx; pytorch_libtorch reads model.pt (TorchScript)
+    or model.pt2 (torch.export program)."""
+    description: str = ""
+    max_batch_size: int = Field(256, ge=1)
+    """Most rows one request may carry, and the cap for dynamic batching."""
+    inputs: list[TensorSpec] = Field(min_length=1)
+    """The model's own input tensors (after preprocessing)."""
+    outputs: list[TensorSpec] = Field(min_length=1)
+    dynamic_batching: DynamicBatching = DynamicBatching()
+    instances: Instances = Instances()
+    version_policy: VersionPolicy = VersionPolicy(latest=1)
+    runtime: RuntimeOptions = RuntimeOptions()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        for spec in (*self.inputs, *self.outputs):
+            if spec.dims[0] != -1:
+                raise ValueError(f"tensor '{spec.name}': dims[0] is the batch dimension and must be -1")
+        if self.dynamic_batching.max_batch_size > self.max_batch_size:
+            raise ValueError(
+                f"dynamic_batching.max_batch_size ({self.dynamic_batching.max_batch_size}) "
+                f"exceeds max_batch_size ({self.max_batch_size})"
+            )
+        return self
+
+
+class GraphArgs(Strict):
+    """The `args` of an application in configs/*.yaml, shared by every graph builder."""
+
+    repository: str
+    """Root of the model repository: a local folder, relative to the working directory."""
+    models: list[str] | None = None
+    """Models to serve; default: every model in the repository."""
+    num_cpus_ingress: float = Field(0.1, ge=0.0)
+    """CPUs reserved by the ingress and preprocessor replicas (they mostly wait)."""
+
+
+def describe_validation_error(error: ValidationError, source: str) -> str:
+    """One line per problem, each naming the file and the dotted field path."""
+    problems = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        problems.append(f"{source}: field '{field}': {item['msg']}")
+    return "; ".join(problems)

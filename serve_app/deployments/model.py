@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import asyncio
+import os
+
+import numpy as np
+from ray import serve
+
+from serve_app.config import DynamicBatching
+from serve_app.errors import InvalidInput
+from serve_app.protocol.tensors import check_inputs
+from serve_app.repository import ModelRepository
+from serve_app.runtime import load_runner
+from serve_app.runtime.batching import BatchStats, predict_many
+
+
+@serve.deployment
+class ModelDeployment:
+    """One model version behind @serve.batch. Batching knobs come from user_config
+    (max_batch_size, batch_wait_timeout_s) and change live through reconfigure()."""
+
+    def __init__(self, repository: str, model: str, version: int):
+        model_version = ModelRepository(repository).version(model, version)
+        self.config = model_version.config
+        self.runner = load_runner(self.config, model_version.model_file)
+        self.stats = BatchStats()
+        self.reconfigure(self.config.dynamic_batching.model_dump())  # until user_config says otherwise
+
+    def reconfigure(self, user_config: dict) -> None:
+        settings = DynamicBatching.model_validate(user_config)
+        if settings.max_batch_size > self.config.max_batch_size:
+            raise InvalidInput(
+                f"user_config max_batch_size {settings.max_batch_size} exceeds the model's "
+                f"max_batch_size {self.config.max_batch_size}"
+            )
+        self._predict_batch.set_max_batch_size(settings.max_batch_size)
+        self._predict_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        self.batching = settings
+
+    async def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Checked alone first, so one bad request cannot fail the batch it would join.
+        check_inputs(inputs, self.config.inputs, self.config.max_batch_size)
+        return await self._predict_batch(inputs)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _predict_batch(self, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        # In a thread: ONNX Runtime releases the GIL, so requests keep queueing meanwhile.
+        return await asyncio.to_thread(predict_many, self.runner, requests, self.stats)
+
+    def batch_stats(self) -> dict:
+        return {**self.stats.as_dict(), **self.batching.model_dump()}
+
+    def describe(self) -> dict:
+        return {**self.runner.describe(), "pid": os.getpid()}
+
+    def ready(self) -> bool:
+        return True

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+import numpy as np
+from ray import serve
+
+from serve_app.repository import ModelRepository
+
+
+@serve.deployment
+class PreprocessorDeployment:
+    """Raw named inputs -> the model's tensor, for one model version."""
+
+    def __init__(self, repository: str, model: str, version: int):
+        self.preprocessor = ModelRepository(repository).version(model, version).preprocessor
+
+    def transform(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.preprocessor.transform(columns)

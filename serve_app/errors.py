@@ -1,0 +1,76 @@
+"""One exception hierarchy for the whole project.
+
+Each class declares the HTTP status and the gRPC status code a client gets for it.
+Every exception takes a single message string so that it survives being pickled
+across Ray process boundaries unchanged.
+"""
+
+from __future__ import annotations
+
+
+class ServeAppError(Exception):
+    """Base class. Unexpected failures (bugs) are not ServeAppErrors and map to 500."""
+
+    http_status = 500
+    grpc_code = "INTERNAL"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self):
+        return (type(self), (self.message,))
+
+
+class InvalidInput(ServeAppError):
+    """The request is malformed or does not match the model's declared inputs."""
+
+    http_status = 400
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class ModelNotFound(ServeAppError):
+    """The model, or the version of it, is not served here."""
+
+    http_status = 404
+    grpc_code = "NOT_FOUND"
+
+
+class PayloadTooLarge(ServeAppError):
+    http_status = 413
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class UnprocessableInput(ServeAppError):
+    """Well-formed, but the values cannot be scored (for example NaN in a feature)."""
+
+    http_status = 422
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class Overloaded(ServeAppError):
+    http_status = 429
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(ServeAppError):
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+
+
+class RepositoryError(ServeAppError):
+    """The model repository on disk is broken; raised at start, naming the file and field."""
+
+    http_status = 500
+    grpc_code = "INTERNAL"
+
+
+def as_client_error(error: BaseException) -> ServeAppError | None:
+    """The ServeAppError behind an exception, looking through Ray's task-error wrapper."""
+    seen = 0
+    while error is not None and seen < 5:
+        if isinstance(error, ServeAppError):
+            return type(error)(error.message) if hasattr(error, "message") else error
+        error = getattr(error, "cause", None) or error.__cause__
+        seen += 1
+    return None

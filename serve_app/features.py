@@ -1,0 +1,222 @@
+"""Preprocessor: raw named inputs -> the model's feature tensor.
+
+The same object runs in the online Preprocessor deployment and in the batch job, so
+a row is scored alike in both. It is fitted on training data, saved as JSON (no
+pickle) beside the model version, and loaded with validation that names the field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import Field, TypeAdapter, ValidationError
+
+from serve_app.config import Strict, TensorSpec, describe_validation_error
+from serve_app.errors import InvalidInput, RepositoryError, UnprocessableInput
+
+OTHER = "__other__"
+"""Bucket for categories not seen in training: an unseen value is scored, never refused."""
+
+
+class NumericFeature(Strict):
+    kind: Literal["numeric"] = "numeric"
+    name: str
+    datatype: Literal["FP32", "FP64", "INT32", "INT64"] = "FP32"
+    log: bool = False
+    """Apply sign(x) * log1p(|x|) before scaling (heavy-tailed amounts and counts)."""
+    mean: float = 0.0
+    std: float = 1.0
+
+    @property
+    def width(self) -> int:
+        return 1
+
+
+class CategoricalFeature(Strict):
+    kind: Literal["categorical"] = "categorical"
+    name: str
+    categories: list[str] = Field(min_length=1)
+    """Known categories in one-hot order; one more column follows for OTHER."""
+
+    @property
+    def width(self) -> int:
+        return len(self.categories) + 1
+
+
+class BooleanFeature(Strict):
+    kind: Literal["boolean"] = "boolean"
+    name: str
+
+    @property
+    def width(self) -> int:
+        return 1
+
+
+Feature = Annotated[NumericFeature | CategoricalFeature | BooleanFeature, Field(discriminator="kind")]
+
+
+class PreprocessorSpec(Strict):
+    format_version: Literal[1] = 1
+    output_name: str = "features"
+    """Name of the model input tensor this preprocessor produces."""
+    features: list[Feature] = Field(min_length=1)
+
+
+_SPEC = TypeAdapter(PreprocessorSpec)
+_INPUT_DATATYPE = {"numeric": None, "categorical": "BYTES", "boolean": "BOOL"}
+
+
+class Preprocessor:
+    def __init__(self, spec: PreprocessorSpec):
+        self.spec = spec
+        self._category_index = {
+            f.name: {c: i for i, c in enumerate(f.categories)}
+            for f in spec.features
+            if isinstance(f, CategoricalFeature)
+        }
+
+    # -- fitting and persistence -------------------------------------------------------
+
+    @classmethod
+    def fit(
+        cls,
+        frame: pd.DataFrame,
+        numeric: Mapping[str, str],
+        categorical: list[str] = (),
+        boolean: list[str] = (),
+        log: list[str] = (),
+        output_name: str = "features",
+        min_category_count: int = 1,
+    ) -> Preprocessor:
+        """Learn scaling and category vocabularies. `numeric` maps a column to its datatype."""
+        features: list = []
+        for name, datatype in numeric.items():
+            values = _log(frame[name].to_numpy(np.float64)) if name in log else frame[name].to_numpy(np.float64)
+            std = float(values.std())
+            features.append(
+                NumericFeature(name=name, datatype=datatype, log=name in log, mean=float(values.mean()), std=std or 1.0)
+            )
+        for name in categorical:
+            counts = frame[name].astype(str).value_counts()
+            kept = sorted(counts[counts >= min_category_count].index)
+            features.append(CategoricalFeature(name=name, categories=kept))
+        features.extend(BooleanFeature(name=name) for name in boolean)
+        return cls(PreprocessorSpec(output_name=output_name, features=features))
+
+    def to_dict(self) -> dict:
+        return self.spec.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, document: dict, source: str = "preprocessor") -> Preprocessor:
+        try:
+            return cls(_SPEC.validate_python(document))
+        except ValidationError as error:
+            raise RepositoryError(describe_validation_error(error, source)) from None
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Preprocessor:
+        try:
+            document = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as error:
+            raise RepositoryError(f"{path}: cannot read the preprocessor: {error}") from None
+        return cls.from_dict(document, str(path))
+
+    # -- schema ------------------------------------------------------------------------
+
+    @property
+    def input_specs(self) -> list[TensorSpec]:
+        """The raw named inputs a client sends: one column per feature, one value per row."""
+        return [
+            TensorSpec(name=f.name, datatype=_INPUT_DATATYPE[f.kind] or f.datatype, dims=[-1])
+            for f in self.spec.features
+        ]
+
+    @property
+    def output_spec(self) -> TensorSpec:
+        return TensorSpec(name=self.spec.output_name, datatype="FP32", dims=[-1, self.width])
+
+    @property
+    def width(self) -> int:
+        return sum(f.width for f in self.spec.features)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """A name for each output column, for reports and drift statistics."""
+        names: list[str] = []
+        for f in self.spec.features:
+            if isinstance(f, CategoricalFeature):
+                names.extend(f"{f.name}={c}" for c in (*f.categories, OTHER))
+            else:
+                names.append(f.name)
+        return names
+
+    # -- transform -----------------------------------------------------------------------
+
+    def transform(self, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Columns (numpy arrays or pandas Series, one per feature) -> {output_name: float32 [N, width]}."""
+        rows = len(next(iter(columns.values())))
+        out = np.zeros((rows, self.width), dtype=np.float32)
+        offset = 0
+        for f in self.spec.features:
+            if f.name not in columns:
+                raise InvalidInput(f"missing input '{f.name}'")
+            values = np.asarray(columns[f.name])
+            if values.ndim != 1 or len(values) != rows:
+                raise InvalidInput(f"input '{f.name}' must be one value per row ({rows} rows)")
+            if isinstance(f, NumericFeature):
+                out[:, offset] = self._numeric(f, values)
+            elif isinstance(f, CategoricalFeature):
+                codes = self._codes(f, values)
+                out[np.arange(rows), offset + codes] = 1.0
+            else:
+                if values.dtype != np.bool_:
+                    raise InvalidInput(f"input '{f.name}' must be BOOL")
+                out[:, offset] = values
+            offset += f.width
+        return {self.spec.output_name: out}
+
+    def transform_frame(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.transform({f.name: frame[f.name].to_numpy() for f in self.spec.features})[self.spec.output_name]
+
+    @staticmethod
+    def _numeric(f: NumericFeature, values: np.ndarray) -> np.ndarray:
+        try:
+            x = values.astype(np.float64)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"input '{f.name}' must be numeric") from None
+        bad = ~np.isfinite(x)
+        if bad.any():
+            raise UnprocessableInput(
+                f"input '{f.name}' has a missing, NaN or infinite value at row {int(np.argmax(bad))}"
+            )
+        if f.log:
+            x = _log(x)
+        return (x - f.mean) / f.std
+
+    def _codes(self, f: CategoricalFeature, values: np.ndarray) -> np.ndarray:
+        index = self._category_index[f.name]
+        other = len(f.categories)
+        try:
+            return np.fromiter((index.get(_text(v), other) for v in values), dtype=np.int64, count=len(values))
+        except (TypeError, UnicodeDecodeError):
+            raise InvalidInput(f"input '{f.name}' must hold UTF-8 strings") from None
+
+
+def _log(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def _text(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, str):
+        return value
+    raise TypeError(value)

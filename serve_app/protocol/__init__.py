@@ -1,0 +1,1 @@
+"""Open Inference Protocol (KServe V2): tensors, codecs and the shared data plane."""

@@ -1,0 +1,181 @@
+"""The protocol's JSON body: parse requests into numpy, render responses from numpy."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from serve_app.errors import InvalidInput
+from serve_app.protocol.messages import InferenceRequest, InferenceResponse
+from serve_app.protocol.tensors import datatype_of, numpy_dtype
+
+_REQUEST_KEYS = {"id", "parameters", "inputs", "outputs"}
+_TENSOR_KEYS = {"name", "shape", "datatype", "parameters", "data"}
+# Kinds numpy infers from JSON values that each datatype accepts.
+_ACCEPTED_KINDS = {"b": "b", "u": "iu", "i": "iu", "f": "iuf"}
+
+
+def _reject_constant(name: str):
+    raise InvalidInput(f"the JSON body contains {name}, which JSON does not allow; send a finite number")
+
+
+def parse_json_body(body: bytes) -> Any:
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except InvalidInput:
+        raise
+    except RecursionError:
+        raise InvalidInput("the JSON body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InvalidInput(f"the body is not valid JSON: {error}") from None
+
+
+def parse_infer_request(body: bytes) -> InferenceRequest:
+    document = parse_json_body(body)
+    if not isinstance(document, dict):
+        raise InvalidInput("the inference request must be a JSON object with an 'inputs' list")
+    unknown = set(document) - _REQUEST_KEYS
+    if unknown:
+        raise InvalidInput(f"unknown field(s) in the inference request: {sorted(unknown)}")
+    raw_inputs = document.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInput("'inputs' must be a non-empty list of tensors")
+    inputs: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(raw_inputs):
+        name, array = decode_tensor(tensor, f"inputs[{index}]")
+        if name in inputs:
+            raise InvalidInput(f"input '{name}' is given more than once")
+        inputs[name] = array
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("'id' must be a string")
+    return InferenceRequest(
+        inputs=inputs,
+        id=request_id,
+        parameters=_parameters(document.get("parameters"), "parameters"),
+        requested_outputs=_requested_outputs(document.get("outputs")),
+    )
+
+
+def decode_tensor(tensor: Any, where: str) -> tuple[str, np.ndarray]:
+    if not isinstance(tensor, dict):
+        raise InvalidInput(f"{where} must be an object with name, shape, datatype and data")
+    unknown = set(tensor) - _TENSOR_KEYS
+    if unknown:
+        raise InvalidInput(f"{where}: unknown field(s) {sorted(unknown)}")
+    name = tensor.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidInput(f"{where}: 'name' must be a non-empty string")
+    where = f"input '{name}'"
+    for key in ("shape", "datatype", "data"):
+        if key not in tensor:
+            raise InvalidInput(f"{where}: missing '{key}'")
+    shape = tensor["shape"]
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise InvalidInput(f"{where}: 'shape' must be a list of non-negative integers, got {shape!r}")
+    datatype = tensor["datatype"]
+    if not isinstance(datatype, str):
+        raise InvalidInput(f"{where}: 'datatype' must be a string")
+    dtype = numpy_dtype(datatype)
+    if datatype == "FP16":
+        raise InvalidInput(f"{where}: FP16 data cannot be sent as JSON; use the binary tensor extension")
+    flat = _flatten(tensor["data"], where)
+    expected = math.prod(shape)
+    if len(flat) != expected:
+        raise InvalidInput(f"{where}: shape {shape} needs {expected} elements, 'data' has {len(flat)}")
+    return name, _to_array(flat, datatype, dtype, where).reshape(shape)
+
+
+def _flatten(data: Any, where: str) -> list:
+    if not isinstance(data, list):
+        raise InvalidInput(f"{where}: 'data' must be a list")
+    if not data or not isinstance(data[0], list):
+        if any(isinstance(item, list) for item in data):
+            raise InvalidInput(f"{where}: 'data' mixes nested lists and values")
+        return data
+    flat: list = []
+    for item in data:
+        if not isinstance(item, list):
+            raise InvalidInput(f"{where}: 'data' mixes nested lists and values")
+        flat.extend(_flatten(item, where))
+    return flat
+
+
+def _to_array(flat: list, datatype: str, dtype: np.dtype, where: str) -> np.ndarray:
+    if datatype == "BYTES":
+        if not all(isinstance(item, str) for item in flat):
+            raise InvalidInput(f"{where}: BYTES data must be a list of strings")
+        array = np.empty(len(flat), dtype=object)
+        array[:] = [item.encode("utf-8") for item in flat]
+        return array
+    if not flat:
+        return np.empty(0, dtype=dtype)
+    try:
+        inferred = np.asarray(flat)
+    except ValueError:
+        raise InvalidInput(f"{where}: 'data' is not a regular list of {datatype} values") from None
+    if dtype.kind in "iu" and inferred.dtype.kind == "f" and all(type(v) is int for v in flat):
+        inferred = np.array(flat, dtype=object)  # 64-bit extremes: numpy would round them to floats
+    elif inferred.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
+        raise InvalidInput(f"{where}: 'data' holds values that are not {datatype}")
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        low, high = (min(flat), max(flat)) if inferred.dtype == object else (inferred.min(), inferred.max())
+        if low < info.min or high > info.max:
+            raise InvalidInput(f"{where}: a value lies outside the range of {datatype}")
+    elif dtype.kind == "f" and not np.isfinite(inferred).all():
+        raise InvalidInput(f"{where}: a value is too large for a finite {datatype}")
+    return inferred.astype(dtype, copy=False)
+
+
+def _parameters(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"'{where}' must be an object")
+    return value
+
+
+def _requested_outputs(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in value):
+        raise InvalidInput("'outputs' must be a list of objects, each with a 'name'")
+    return [o["name"] for o in value]
+
+
+def encode_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
+    datatype = datatype_of(array)
+    if datatype == "BYTES":
+        data = [_text(item) for item in array.ravel().tolist()]
+    else:
+        data = array.ravel().tolist()
+    return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": data}
+
+
+def _text(item: Any) -> str:
+    return item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
+
+
+def request_body(columns: dict[str, np.ndarray], request_id: str | None = None) -> dict[str, Any]:
+    """A JSON inference request for named numpy columns, as a KServe client sends it."""
+    body: dict[str, Any] = {"inputs": [encode_tensor(name, np.asarray(v)) for name, v in columns.items()]}
+    if request_id is not None:
+        body["id"] = request_id
+    return body
+
+
+def render_infer_response(response: InferenceResponse) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "outputs": [encode_tensor(name, array) for name, array in response.outputs.items()],
+    }
+    if response.id is not None:
+        document["id"] = response.id
+    if response.parameters:
+        document["parameters"] = response.parameters
+    return document

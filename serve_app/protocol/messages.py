@@ -1,0 +1,26 @@
+"""Inference requests and responses as the data plane sees them: numpy, not JSON."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class InferenceRequest:
+    inputs: dict[str, np.ndarray]
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    requested_outputs: list[str] | None = None
+    """Output names the client asked for; None means all of them."""
+
+
+@dataclass
+class InferenceResponse:
+    model_name: str
+    model_version: str
+    outputs: dict[str, np.ndarray]
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,153 @@
+"""The model repository, laid out like Triton's:
+
+    <root>/<model>/config.yaml
+    <root>/<model>/<version>/model.onnx | model.pt | model.pt2
+    <root>/<model>/<version>/preprocessor.json   (optional: raw named inputs -> model tensor)
+    <root>/<model>/<version>/reference.parquet   (optional: a sample of training inputs)
+
+Anything broken is reported at start with the file and the field that is wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from serve_app.config import NAME_PATTERN, ModelConfig, TensorSpec, describe_validation_error
+from serve_app.errors import ModelNotFound, RepositoryError
+from serve_app.features import Preprocessor
+
+CONFIG_FILE = "config.yaml"
+PREPROCESSOR_FILE = "preprocessor.json"
+REFERENCE_FILE = "reference.parquet"
+MODEL_FILES = {"onnxruntime_onnx": ("model.onnx",), "pytorch_libtorch": ("model.pt2", "model.pt")}
+_NAME = re.compile(NAME_PATTERN)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One servable version: its config, its files, and the inputs a client sends it."""
+
+    config: ModelConfig
+    version: int
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @cached_property
+    def model_file(self) -> Path:
+        for filename in MODEL_FILES[self.config.platform]:
+            if (self.path / filename).is_file():
+                return self.path / filename
+        expected = " or ".join(MODEL_FILES[self.config.platform])
+        raise RepositoryError(f"{self.path}: no {expected} for platform '{self.config.platform}'")
+
+    @cached_property
+    def preprocessor(self) -> Preprocessor | None:
+        path = self.path / PREPROCESSOR_FILE
+        return Preprocessor.load(path) if path.is_file() else None
+
+    @property
+    def reference_file(self) -> Path | None:
+        path = self.path / REFERENCE_FILE
+        return path if path.is_file() else None
+
+    @property
+    def input_specs(self) -> list[TensorSpec]:
+        """What the client sends: the preprocessor's raw columns, or the model's own tensors."""
+        return self.preprocessor.input_specs if self.preprocessor else list(self.config.inputs)
+
+    def check(self) -> None:
+        """Everything that can be checked without loading a runtime."""
+        _ = self.model_file
+        if self.preprocessor is None:
+            return
+        produced = self.preprocessor.output_spec
+        target = next((s for s in self.config.inputs if s.name == produced.name), None)
+        if target is None or len(self.config.inputs) != 1:
+            raise RepositoryError(
+                f"{self.path / PREPROCESSOR_FILE}: field 'output_name': produces '{produced.name}', "
+                f"but the model's inputs are {[s.name for s in self.config.inputs]}"
+            )
+        if target.dims[1:] not in ([-1], [produced.dims[1]]):
+            raise RepositoryError(
+                f"{self.path / PREPROCESSOR_FILE}: field 'features': produces {produced.dims[1]} columns, "
+                f"but config.yaml declares '{target.name}' with dims {target.dims}"
+            )
+
+
+class ModelRepository:
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        if not self.root.is_dir():
+            raise RepositoryError(f"model repository {self.root} does not exist or is not a folder")
+
+    def model_names(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if (p / CONFIG_FILE).is_file())
+
+    def _model_dir(self, name: str) -> Path:
+        if not _NAME.match(name) or not (self.root / name / CONFIG_FILE).is_file():
+            raise ModelNotFound(f"model '{name}' is not in the repository")
+        return self.root / name
+
+    def config(self, name: str) -> ModelConfig:
+        path = self._model_dir(name) / CONFIG_FILE
+        try:
+            document = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as error:
+            raise RepositoryError(f"{path}: cannot read YAML: {error}") from None
+        try:
+            config = ModelConfig.model_validate(document)
+        except ValidationError as error:
+            raise RepositoryError(describe_validation_error(error, str(path))) from None
+        if config.name != name:
+            raise RepositoryError(f"{path}: field 'name': '{config.name}' differs from its folder '{name}'")
+        return config
+
+    def available_versions(self, name: str) -> list[int]:
+        model_dir = self._model_dir(name)
+        return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+    def served_versions(self, name: str) -> list[ModelVersion]:
+        """The versions the config's version policy selects, each checked."""
+        config = self.config(name)
+        available = self.available_versions(name)
+        policy = config.version_policy
+        path = self.root / name / CONFIG_FILE
+        if policy.specific is not None:
+            absent = sorted(set(policy.specific) - set(available))
+            if absent:
+                raise RepositoryError(
+                    f"{path}: field 'version_policy.specific': version(s) {absent} not found (on disk: {available})"
+                )
+            chosen = sorted(policy.specific)
+        else:
+            chosen = available[-policy.latest :]
+        if not chosen:
+            raise RepositoryError(f"{self.root / name}: no version folders (expected <model>/<version>/)")
+        versions = [ModelVersion(config, v, self.root / name / str(v)) for v in chosen]
+        for version in versions:
+            version.check()
+        return versions
+
+    def version(self, name: str, version: int) -> ModelVersion:
+        if version not in self.available_versions(name):
+            raise ModelNotFound(f"model '{name}' has no version {version}")
+        return ModelVersion(self.config(name), version, self.root / name / str(version))
+
+    def check(self, names: list[str] | None = None) -> list[ModelVersion]:
+        """Validate the models to serve (default: all); raise on the first broken file."""
+        names = self.model_names() if names is None else names
+        if not names:
+            raise RepositoryError(f"model repository {self.root} holds no model (no <model>/config.yaml)")
+        for name in names:
+            if name not in self.model_names():
+                raise RepositoryError(f"model '{name}' is not in the repository {self.root}")
+        return [version for name in names for version in self.served_versions(name)]

@@ -1,0 +1,22 @@
+"""Model runners. Import a runner's module only when its platform is used: an ONNX
+replica never imports torch (hundreds of MB and seconds of start-up)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from serve_app.config import ModelConfig
+from serve_app.runtime.base import Runner
+
+
+def load_runner(config: ModelConfig, model_file: Path) -> Runner:
+    if config.platform == "onnxruntime_onnx":
+        from serve_app.runtime.onnx import OnnxRunner
+
+        return OnnxRunner(config, model_file)
+    from serve_app.runtime.torch import TorchRunner
+
+    return TorchRunner(config, model_file)
+
+
+__all__ = ["Runner", "load_runner"]

@@ -1,0 +1,55 @@
+"""Dynamic batching without Ray: merge requests into one model call, split the answers,
+and keep the record of batch sizes (Triton's inference count / execution count)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from serve_app.protocol.tensors import batch_size
+from serve_app.runtime.base import Runner
+
+
+@dataclass
+class BatchStats:
+    inference_count: int = 0
+    """Rows scored."""
+    request_count: int = 0
+    """Requests answered."""
+    execution_count: int = 0
+    """Model calls made; request_count / execution_count is the average batch size in requests."""
+    requests_per_batch: Counter = field(default_factory=Counter)
+
+    def record(self, rows: int, requests: int) -> None:
+        self.inference_count += rows
+        self.request_count += requests
+        self.execution_count += 1
+        self.requests_per_batch[requests] += 1
+
+    def as_dict(self) -> dict:
+        return {
+            "inference_count": self.inference_count,
+            "request_count": self.request_count,
+            "execution_count": self.execution_count,
+            "max_requests_per_batch": max(self.requests_per_batch, default=0),
+            "requests_per_batch": {str(k): v for k, v in sorted(self.requests_per_batch.items())},
+        }
+
+
+def predict_many(
+    runner: Runner, requests: list[dict[str, np.ndarray]], stats: BatchStats
+) -> list[dict[str, np.ndarray]]:
+    """Score several requests in one model call and give each its own rows back."""
+    if len(requests) == 1:
+        outputs = [runner.predict(requests[0])]
+        stats.record(batch_size(requests[0]), 1)
+        return outputs
+    rows = [batch_size(r) for r in requests]
+    merged = {name: np.concatenate([r[name] for r in requests]) for name in requests[0]}
+    result = runner.predict(merged)
+    stats.record(sum(rows), len(requests))
+    bounds = np.cumsum(rows)[:-1]
+    pieces = {name: np.split(value, bounds) for name, value in result.items()}
+    return [{name: pieces[name][i] for name in pieces} for i in range(len(requests))]
