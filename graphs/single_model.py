@@ -23,7 +23,10 @@ def build_app(args: dict) -> Application:
     repository = str(Path(settings.repository).resolve())
     served = ModelRepository(repository).check(settings.models)  # a broken repository fails here, at start
     pipelines = [version_pipeline(repository, version, settings) for version in served]
-    return Router.options(ray_actor_options={"num_cpus": settings.num_cpus_ingress}).bind(repository, pipelines)
+    return Router.options(
+        max_ongoing_requests=settings.max_ongoing_requests_ingress,
+        ray_actor_options={"num_cpus": settings.num_cpus_ingress},
+    ).bind(repository, pipelines)
 
 
 def version_pipeline(repository: str, version: ModelVersion, settings: GraphArgs) -> dict:
@@ -35,6 +38,7 @@ def version_pipeline(repository: str, version: ModelVersion, settings: GraphArgs
         preprocessor = PreprocessorDeployment.options(
             name=f"{prefix}-preprocessor",
             num_replicas=config.instances.num_replicas,
+            max_ongoing_requests=settings.max_ongoing_requests_ingress,
             ray_actor_options={"num_cpus": settings.num_cpus_ingress},
         ).bind(repository, config.name, version.version)
     runner = ModelDeployment.options(

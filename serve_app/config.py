@@ -120,6 +120,9 @@ class GraphArgs(Strict):
     """Models to serve; default: every model in the repository."""
     num_cpus_ingress: float = Field(0.1, ge=0.0)
     """CPUs reserved by the ingress and preprocessor replicas (they mostly wait)."""
+    max_ongoing_requests_ingress: int = Field(1000, ge=1)
+    """Concurrent requests one ingress or preprocessor replica takes. They are async and
+    cheap per request; Serve's default of 5 makes callers back off and retry under load."""
 
 
 def describe_validation_error(error: ValidationError, source: str) -> str:

@@ -13,5 +13,6 @@ class PreprocessorDeployment:
     def __init__(self, repository: str, model: str, version: int):
         self.preprocessor = ModelRepository(repository).version(model, version).preprocessor
 
-    def transform(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def transform(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Microseconds of numpy: cheaper on the event loop than a hop to a thread.
         return self.preprocessor.transform(columns)

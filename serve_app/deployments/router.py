@@ -67,9 +67,10 @@ class HandleEndpoint(Endpoint):
         self.model = runner
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.preprocessor is not None:
-            inputs = await self.preprocessor.transform.remote(inputs)
-        return await self.model.predict.remote(inputs)
+        if self.preprocessor is None:
+            return await self.model.predict.remote(inputs)
+        # Chained: the preprocessor's result goes to the model without a trip through this replica.
+        return await self.model.predict.remote(self.preprocessor.transform.remote(inputs))
 
     async def ready(self) -> bool:
         return await asyncio.wait_for(self.model.ready.remote(), READY_TIMEOUT_S)
