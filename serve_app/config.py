@@ -74,6 +74,8 @@ class RuntimeOptions(Strict):
     """Threads for one model call; default: the replica's num_cpus, at least one."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: the GPU when one is really usable and num_gpus > 0, else the CPU."""
+    tensorrt: bool = False
+    """ONNX Runtime only: ask for the TensorRT provider ahead of CUDA (needs TensorRT's libraries)."""
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     """PyTorch only: the dtype the module runs in (inputs are cast to it)."""
     warmup: bool = True

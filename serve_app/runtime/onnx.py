@@ -33,7 +33,10 @@ def choose_providers(config: ModelConfig) -> tuple[list[str], str]:
         return ["CPUExecutionProvider"], "this ONNX Runtime build has no CUDA provider"
     if cuda_device_count() == 0:
         return ["CPUExecutionProvider"], "no usable CUDA device"
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"], "CUDA device found"
+    gpu_providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if config.runtime.tensorrt and "TensorrtExecutionProvider" in available:
+        return ["TensorrtExecutionProvider", *gpu_providers], "CUDA device found, TensorRT asked for"
+    return gpu_providers, "CUDA device found"
 
 
 class OnnxRunner(Runner):
@@ -52,7 +55,7 @@ class OnnxRunner(Runner):
         except Exception as error:  # onnxruntime raises its own untyped errors
             raise RepositoryError(f"{model_file}: ONNX Runtime cannot load the model: {error}") from None
         in_use = self.session.get_providers()
-        self.device = "cuda:0" if in_use[0] == "CUDAExecutionProvider" else "cpu"
+        self.device = "cpu" if in_use[0] == "CPUExecutionProvider" else "cuda:0"
         logger.info("model %s: ONNX Runtime providers %s (%s)", config.name, in_use, reason)
         self._check_signature(model_file)
         self._output_names = [spec.name for spec in config.outputs]
