@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 REPOSITORY ?= model_repository
-# The CPU build of torch: installed first so the resolver never pulls a multi-GB CUDA build.
+# torch is pinned and installed first: where a local CPU wheel of it lies (find-links in pip's
+# config), pip takes that one, and the project's own install then needs nothing more of torch.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 

@@ -40,7 +40,7 @@ class DynamicBatching(Strict):
     """How the model replica groups concurrent requests (Ray Serve's @serve.batch)."""
 
     max_batch_size: int = Field(32, ge=1)
-    """Most requests merged into one model call."""
+    """Most rows merged into one model call; a request with this many rows runs alone at once."""
     batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=10.0)
     """How long the first request of a batch waits for more to arrive."""
 

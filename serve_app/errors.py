@@ -61,16 +61,20 @@ class Unavailable(ServeAppError):
 class RepositoryError(ServeAppError):
     """The model repository on disk is broken; raised at start, naming the file and field."""
 
-    http_status = 500
-    grpc_code = "INTERNAL"
 
+def as_client_error(error: BaseException | None) -> ServeAppError | None:
+    """The ServeAppError behind an exception, looking through Ray's task-error wrapper.
 
-def as_client_error(error: BaseException) -> ServeAppError | None:
-    """The ServeAppError behind an exception, looking through Ray's task-error wrapper."""
-    seen = 0
-    while error is not None and seen < 5:
-        if isinstance(error, ServeAppError):
-            return type(error)(error.message) if hasattr(error, "message") else error
-        error = getattr(error, "cause", None) or error.__cause__
-        seen += 1
+    Ray re-raises a replica's exception as a RayTaskError that also subclasses the original
+    class but lacks its attributes; the original is its `cause`.
+    """
+    for _ in range(5):
+        if error is None:
+            return None
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, ServeAppError):
+            return cause
+        if isinstance(error, ServeAppError) and "message" in vars(error):
+            return error
+        error = cause or error.__cause__
     return None

@@ -8,16 +8,16 @@ from ray import serve
 
 from serve_app.config import DynamicBatching
 from serve_app.errors import InvalidInput
-from serve_app.protocol.tensors import check_inputs
+from serve_app.protocol.tensors import batch_size, check_inputs
 from serve_app.repository import ModelRepository
 from serve_app.runtime import load_runner
-from serve_app.runtime.batching import BatchStats, predict_many
+from serve_app.runtime.batching import BatchStats, predict_many, total_rows
 
 
 @serve.deployment
 class ModelDeployment:
     """One model version behind @serve.batch. Batching knobs come from user_config
-    (max_batch_size, batch_wait_timeout_s) and change live through reconfigure()."""
+    (max_batch_size in rows, batch_wait_timeout_s) and change live through reconfigure()."""
 
     def __init__(self, repository: str, model: str, version: int):
         model_version = ModelRepository(repository).version(model, version)
@@ -40,9 +40,11 @@ class ModelDeployment:
     async def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # Checked alone first, so one bad request cannot fail the batch it would join.
         check_inputs(inputs, self.config.inputs, self.config.max_batch_size)
+        if batch_size(inputs) >= self.batching.max_batch_size:  # a full batch already: no waiting
+            return (await asyncio.to_thread(predict_many, self.runner, [inputs], self.stats))[0]
         return await self._predict_batch(inputs)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=total_rows)
     async def _predict_batch(self, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         # In a thread: ONNX Runtime releases the GIL, so requests keep queueing meanwhile.
         return await asyncio.to_thread(predict_many, self.runner, requests, self.stats)

@@ -1,13 +1,15 @@
 """The ingress: the Open Inference Protocol over HTTP, routed to model-version pipelines."""
 
 import asyncio
+import json
 import logging
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
+from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
@@ -19,7 +21,7 @@ from serve_app.protocol.json_codec import parse_infer_request, render_infer_resp
 from serve_app.repository import ModelRepository, ModelVersion
 
 logger = logging.getLogger("ray.serve")
-READY_TIMEOUT_S = 2.0
+READY_TIMEOUT_S = 5.0
 
 app = FastAPI(
     title="serve-app",
@@ -28,32 +30,46 @@ app = FastAPI(
 )
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str) -> Response:
+    # ASCII-escaped: a message may quote client text that is not valid UTF-8.
+    return Response(json.dumps({"error": message}), status_code=status, media_type="application/json")
 
 
 @app.exception_handler(ServeAppError)
-async def _serve_app_error(_: Request, error: ServeAppError) -> JSONResponse:
-    return _error(error.http_status, error.message)
+async def _serve_app_error(_: Request, error: ServeAppError) -> Response:
+    # A replica's error arrives as Ray's wrapper, which subclasses it but lacks its message.
+    client_error = as_client_error(error)
+    if client_error is None:
+        return await _unexpected(_, error)
+    return _error(client_error.http_status, client_error.message)
+
+
+@app.exception_handler(BackPressureError)
+@app.exception_handler(DeploymentUnavailableError)
+async def _unavailable(_: Request, error: Exception) -> Response:
+    return _error(503, f"the model is overloaded or unavailable, retry later ({type(error).__name__})")
 
 
 @app.exception_handler(HTTPException)
-async def _http_error(_: Request, error: HTTPException) -> JSONResponse:
+async def _http_error(_: Request, error: HTTPException) -> Response:
     return _error(error.status_code, str(error.detail))
 
 
 @app.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+async def _validation_error(_: Request, error: RequestValidationError) -> Response:
     return _error(422, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()))
 
 
-@app.exception_handler(Exception)
-async def _unexpected(_: Request, error: Exception) -> JSONResponse:
+@app.exception_handler(RayTaskError)
+async def _replica_error(_: Request, error: RayTaskError) -> Response:
     client_error = as_client_error(error)
     if client_error is not None:
         return _error(client_error.http_status, client_error.message)
-    if isinstance(error, (BackPressureError, DeploymentUnavailableError)):
-        return _error(503, f"the model is overloaded or unavailable, retry later: {type(error).__name__}")
+    return await _unexpected(_, error)
+
+
+@app.exception_handler(Exception)
+async def _unexpected(_: Request, error: Exception) -> Response:
     logger.exception("unexpected error while serving a request")
     return _error(500, f"internal error: {type(error).__name__}")
 
@@ -73,7 +89,12 @@ class HandleEndpoint(Endpoint):
         return await self.model.predict.remote(self.preprocessor.transform.remote(inputs))
 
     async def ready(self) -> bool:
-        return await asyncio.wait_for(self.model.ready.remote(), READY_TIMEOUT_S)
+        """Both deployments of the pipeline answer a call (through their request queues)."""
+        calls = [self.model.ready.remote()]
+        if self.preprocessor is not None:
+            calls.append(self.preprocessor.ready.remote())
+        states = await asyncio.wait_for(asyncio.gather(*calls), READY_TIMEOUT_S)
+        return all(states)
 
 
 @serve.deployment
@@ -94,8 +115,7 @@ class Router:
 
     @app.get("/v2/health/ready")
     async def ready(self) -> JSONResponse:
-        ready = await self.dataplane.server_ready()
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+        return self._ready(await self.dataplane.server_ready())
 
     @app.get("/v2")
     async def server_metadata(self) -> dict:
@@ -137,4 +157,5 @@ class Router:
 
     @staticmethod
     def _ready(ready: bool) -> JSONResponse:
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+        # The protocol: 200 means ready, a 4xx means not ready.
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 400)

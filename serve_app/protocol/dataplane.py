@@ -86,7 +86,7 @@ class DataPlane:
             raise ModelNotFound(f"model '{name}' is not served here (models: {served})")
         if version is None:
             return versions[max(versions)]
-        if not version.isdigit() or int(version) not in versions:
+        if not (version.isascii() and version.isdigit()) or int(version) not in versions:
             served = ", ".join(str(v) for v in sorted(versions))
             raise ModelNotFound(f"model '{name}' has no version '{version}' (versions served: {served})")
         return versions[int(version)]
@@ -106,11 +106,10 @@ class DataPlane:
         return all(state is True for state in states)
 
     async def model_ready(self, name: str, version: str | None = None) -> bool:
+        endpoint = self.endpoint(name, version)  # an unknown model is a 404, not "not ready"
         try:
-            return await self.endpoint(name, version).ready() is True
-        except ModelNotFound:
-            raise
-        except Exception:  # a replica that cannot answer is simply not ready
+            return await endpoint.ready() is True
+        except Exception:  # a replica that cannot answer in time is simply not ready
             return False
 
     async def infer(self, name: str, version: str | None, request: InferenceRequest) -> InferenceResponse:

@@ -14,8 +14,8 @@ from serve_app.protocol.tensors import datatype_of, numpy_dtype
 
 _REQUEST_KEYS = {"id", "parameters", "inputs", "outputs"}
 _TENSOR_KEYS = {"name", "shape", "datatype", "parameters", "data"}
-# Kinds numpy infers from JSON values that each datatype accepts.
-_ACCEPTED_KINDS = {"b": "b", "u": "iu", "i": "iu", "f": "iuf"}
+# The Python types json.loads gives that each kind of datatype accepts (bool is not an int here).
+_JSON_TYPES = {"b": {bool}, "u": {int}, "i": {int}, "f": {int, float}, "O": {str}}
 
 
 def _reject_constant(name: str):
@@ -50,8 +50,8 @@ def parse_infer_request(body: bytes) -> InferenceRequest:
             raise InvalidInput(f"input '{name}' is given more than once")
         inputs[name] = array
     request_id = document.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise InvalidInput("'id' must be a string")
+    if request_id is not None and not (isinstance(request_id, str) and _encodable(request_id)):
+        raise InvalidInput("'id' must be a UTF-8 string")
     return InferenceRequest(
         inputs=inputs,
         id=request_id,
@@ -67,8 +67,8 @@ def decode_tensor(tensor: Any, where: str) -> tuple[str, np.ndarray]:
     if unknown:
         raise InvalidInput(f"{where}: unknown field(s) {sorted(unknown)}")
     name = tensor.get("name")
-    if not isinstance(name, str) or not name:
-        raise InvalidInput(f"{where}: 'name' must be a non-empty string")
+    if not isinstance(name, str) or not name or not _encodable(name):
+        raise InvalidInput(f"{where}: 'name' must be a non-empty UTF-8 string")
     where = f"input '{name}'"
     for key in ("shape", "datatype", "data"):
         if key not in tensor:
@@ -81,54 +81,79 @@ def decode_tensor(tensor: Any, where: str) -> tuple[str, np.ndarray]:
         raise InvalidInput(f"{where}: 'datatype' must be a string")
     dtype = numpy_dtype(datatype)
     if datatype == "FP16":
-        raise InvalidInput(f"{where}: FP16 data cannot be sent as JSON; use the binary tensor extension")
-    flat = _flatten(tensor["data"], where)
+        raise InvalidInput(f"{where}: FP16 data cannot be sent as JSON; send it as a binary tensor")
+    _parameters(tensor.get("parameters"), f"{where}: parameters")
+    flat = _flatten(tensor["data"], shape, where)
     expected = math.prod(shape)
     if len(flat) != expected:
         raise InvalidInput(f"{where}: shape {shape} needs {expected} elements, 'data' has {len(flat)}")
     return name, _to_array(flat, datatype, dtype, where).reshape(shape)
 
 
-def _flatten(data: Any, where: str) -> list:
+def _flatten(data: Any, shape: list[int], where: str) -> list:
+    """Data may be flat, or nested in row-major order; nested data must follow the shape."""
     if not isinstance(data, list):
         raise InvalidInput(f"{where}: 'data' must be a list")
-    if not data or not isinstance(data[0], list):
+    if data and isinstance(data[0], list):
+        return _flatten_nested(data, shape, where)
+    if any(isinstance(item, list) for item in data):
+        raise InvalidInput(f"{where}: 'data' mixes nested lists and values")
+    return data
+
+
+def _flatten_nested(data: list, shape: list[int], where: str) -> list:
+    if not shape or len(data) != shape[0]:
+        raise InvalidInput(f"{where}: nested 'data' does not follow the shape {shape}")
+    if len(shape) == 1:
         if any(isinstance(item, list) for item in data):
-            raise InvalidInput(f"{where}: 'data' mixes nested lists and values")
+            raise InvalidInput(f"{where}: nested 'data' does not follow the shape {shape}")
         return data
     flat: list = []
     for item in data:
         if not isinstance(item, list):
-            raise InvalidInput(f"{where}: 'data' mixes nested lists and values")
-        flat.extend(_flatten(item, where))
+            raise InvalidInput(f"{where}: nested 'data' does not follow the shape {shape}")
+        flat.extend(_flatten_nested(item, shape[1:], where))
     return flat
 
 
 def _to_array(flat: list, datatype: str, dtype: np.dtype, where: str) -> np.ndarray:
+    kinds = set(map(type, flat))
+    if not kinds <= _JSON_TYPES[dtype.kind]:
+        expected = "strings" if datatype == "BYTES" else f"{datatype} values"
+        raise InvalidInput(f"{where}: 'data' must hold {expected} only")
     if datatype == "BYTES":
-        if not all(isinstance(item, str) for item in flat):
-            raise InvalidInput(f"{where}: BYTES data must be a list of strings")
         array = np.empty(len(flat), dtype=object)
-        array[:] = [item.encode("utf-8") for item in flat]
+        try:
+            array[:] = [item.encode("utf-8") for item in flat]
+        except UnicodeEncodeError:
+            raise InvalidInput(f"{where}: a string is not valid UTF-8") from None
         return array
     if not flat:
         return np.empty(0, dtype=dtype)
-    try:
-        inferred = np.asarray(flat)
-    except ValueError:
-        raise InvalidInput(f"{where}: 'data' is not a regular list of {datatype} values") from None
-    if dtype.kind in "iu" and inferred.dtype.kind == "f" and all(type(v) is int for v in flat):
-        inferred = np.array(flat, dtype=object)  # 64-bit extremes: numpy would round them to floats
-    elif inferred.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
-        raise InvalidInput(f"{where}: 'data' holds values that are not {datatype}")
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
-        low, high = (min(flat), max(flat)) if inferred.dtype == object else (inferred.min(), inferred.max())
-        if low < info.min or high > info.max:
+        if min(flat) < info.min or max(flat) > info.max:
             raise InvalidInput(f"{where}: a value lies outside the range of {datatype}")
-    elif dtype.kind == "f" and not np.isfinite(inferred).all():
-        raise InvalidInput(f"{where}: a value is too large for a finite {datatype}")
-    return inferred.astype(dtype, copy=False)
+        return np.array(flat, dtype=dtype)
+    if dtype.kind == "f":
+        try:
+            with np.errstate(over="ignore"):  # overflow becomes inf, refused just below
+                array = np.array(flat, dtype=np.float64).astype(dtype)
+        except OverflowError:
+            array = np.array([np.inf])
+        if not np.isfinite(array).all():
+            raise InvalidInput(f"{where}: a value is too large for a finite {datatype}")
+        return array
+    return np.array(flat, dtype=dtype)
+
+
+def _encodable(text: str) -> bool:
+    """JSON escapes can smuggle in lone surrogates, which no UTF-8 encoder accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parameters(value: Any, where: str) -> dict[str, Any]:
@@ -142,7 +167,9 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
 def _requested_outputs(value: Any) -> list[str] | None:
     if value is None:
         return None
-    if not isinstance(value, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in value):
+    if not isinstance(value, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) and _encodable(o["name"]) for o in value
+    ):
         raise InvalidInput("'outputs' must be a list of objects, each with a 'name'")
     return [o["name"] for o in value]
 

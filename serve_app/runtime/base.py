@@ -23,11 +23,12 @@ class Runner(ABC):
         """Run one chunk of at most max_batch_size rows."""
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Check the inputs against the model's declared tensors, then run them.
-
-        Rows beyond max_batch_size (a dynamic batch of many requests) run in chunks.
-        """
+        """Check the inputs against the model's declared tensors, then run them."""
         check_inputs(inputs, self.config.inputs)
+        return self.run(inputs)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run inputs already checked; rows beyond max_batch_size run in chunks."""
         rows = batch_size(inputs)
         step = self.config.max_batch_size
         if rows <= step:

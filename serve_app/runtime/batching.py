@@ -38,17 +38,22 @@ class BatchStats:
         }
 
 
+def total_rows(requests: list[dict[str, np.ndarray]]) -> int:
+    """A dynamic batch's size counts rows, as Triton's does, not requests."""
+    return sum(batch_size(r) for r in requests)
+
+
 def predict_many(
     runner: Runner, requests: list[dict[str, np.ndarray]], stats: BatchStats
 ) -> list[dict[str, np.ndarray]]:
-    """Score several requests in one model call and give each its own rows back."""
+    """Score several requests (each already checked) in one model call; give each its own rows back."""
     if len(requests) == 1:
-        outputs = [runner.predict(requests[0])]
+        outputs = [runner.run(requests[0])]
         stats.record(batch_size(requests[0]), 1)
         return outputs
     rows = [batch_size(r) for r in requests]
     merged = {name: np.concatenate([r[name] for r in requests]) for name in requests[0]}
-    result = runner.predict(merged)
+    result = runner.run(merged)
     stats.record(sum(rows), len(requests))
     bounds = np.cumsum(rows)[:-1]
     pieces = {name: np.split(value, bounds) for name, value in result.items()}

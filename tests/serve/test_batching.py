@@ -19,11 +19,20 @@ from serve_app.protocol.json_codec import request_body
 from tests.serve.conftest import APP_NAME
 
 
-async def _concurrent_requests(base_url: str, count: int) -> list[int]:
+async def _concurrent_requests(base_url: str, count: int, prefix: str = "") -> list[int]:
     body = request_body(request_columns(synthetic_transactions(1, seed=31)))
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
-        responses = await asyncio.gather(*(client.post("/v2/models/fraud/infer", json=body) for _ in range(count)))
+        posts = (client.post(f"{prefix}/v2/models/fraud/infer", json=body) for _ in range(count))
+        responses = await asyncio.gather(*posts)
     return [r.status_code for r in responses]
+
+
+def _largest_batch_during_burst(handle, base_url: str, count: int, prefix: str) -> int:
+    """Requests in the largest batch the replica formed while `count` requests came at once."""
+    before = handle.batch_stats.remote().result()["requests_per_batch"]
+    assert asyncio.run(_concurrent_requests(base_url, count, prefix)) == [200] * count
+    after = handle.batch_stats.remote().result()["requests_per_batch"]
+    return max(int(size) for size, n in after.items() if n > before.get(size, 0))
 
 
 def test_concurrent_requests_are_batched(served):
@@ -83,12 +92,23 @@ def test_batching_knobs_change_live_through_serve_deploy(ray_cluster, demo_repos
     path = root / "fraud" / "config.yaml"
     path.write_text(path.read_text().replace("latest: 2", "specific: [2]"))
     try:
-        _deploy(ray_cluster, root, tmp_path / "tuning.yaml", max_batch_size=4, batch_wait_timeout_s=0.001)
+        _deploy(ray_cluster, root, tmp_path / "tuning.yaml", max_batch_size=4, batch_wait_timeout_s=0.05)
         handle = serve.get_deployment_handle("fraud-v2-model", app_name="tuning")
         pid = handle.describe.remote().result()["pid"]
-        assert handle.batch_stats.remote().result()["batch_wait_timeout_s"] == 0.001
-        _deploy(ray_cluster, root, tmp_path / "tuning.yaml", max_batch_size=16, batch_wait_timeout_s=0.02)
-        assert handle.batch_stats.remote().result()["batch_wait_timeout_s"] == 0.02
+        assert 1 < _largest_batch_during_burst(handle, ray_cluster.http_url, 32, "/tuning") <= 4
+        _deploy(ray_cluster, root, tmp_path / "tuning.yaml", max_batch_size=16, batch_wait_timeout_s=0.05)
+        assert _largest_batch_during_burst(handle, ray_cluster.http_url, 64, "/tuning") > 4
         assert handle.describe.remote().result()["pid"] == pid  # reconfigured in place, not restarted
     finally:
         serve.delete("tuning")
+
+
+def test_a_request_that_fills_a_batch_runs_alone(served, client):
+    handle = serve.get_deployment_handle("fraud-v2-model", app_name=APP_NAME)
+    before = handle.batch_stats.remote().result()
+    columns = request_columns(synthetic_transactions(40, seed=33))  # more rows than max_batch_size (32)
+    response = client.post("/v2/models/fraud/infer", json=request_body(columns))
+    assert response.status_code == 200 and response.json()["outputs"][0]["shape"] == [40]
+    after = handle.batch_stats.remote().result()
+    assert after["inference_count"] - before["inference_count"] == 40
+    assert after["execution_count"] - before["execution_count"] == 1

@@ -74,7 +74,19 @@ def _drop(columns, name):
         ("/v2/models/fraud/infer", lambda c: b"{broken", 400, "not valid JSON"),
         ("/v2/models/fraud/infer", lambda c: _drop(c, "country"), 400, "missing input.*'country'"),
         ("/v2/models/fraud/infer", lambda c: request_body({**c, "extra": c["hour"]}), 400, "unknown input.*'extra'"),
-        ("/v2/models/fraud/infer", lambda c: _inputs(c, hour={"datatype": "FP32"}), 400, "'hour'"),
+        (
+            "/v2/models/fraud/infer",
+            lambda c: _inputs(c, hour={"datatype": "FP32"}),
+            400,
+            "'hour' has datatype FP32, the model expects INT64",
+        ),
+        ("/v2/models/fraud/infer", lambda c: request_body({k: v[:0] for k, v in c.items()}), 400, "empty batch"),
+        (
+            "/v2/models/fraud/infer",
+            lambda c: request_body(request_columns(synthetic_transactions(257, seed=22))),
+            400,
+            "257 rows; this model takes at most 256",
+        ),
         (
             "/v2/models/fraud/infer",
             lambda c: _inputs(c, amount={"shape": [4, 4]}),
@@ -90,6 +102,7 @@ def _drop(columns, name):
         ("/v2/models/fraud/infer", lambda c: _inputs(c, amount={"shape": [3]}), 400, "needs 3 elements"),
         ("/v2/models/nope/infer", request_body, 404, "model 'nope'"),
         ("/v2/models/fraud/versions/7/infer", request_body, 404, "no version '7'"),
+        ("/v2/models/fraud/versions/%C2%B2/infer", request_body, 404, "no version"),
         ("/v2/models/fraud/versions/7/ready", None, 404, "no version '7'"),
         ("/v2/models/nope", None, 404, "model 'nope'"),
         ("/v2/nowhere", None, 404, "Not Found"),
@@ -110,8 +123,8 @@ def test_bad_requests_get_a_4xx_naming_the_problem_and_serving_goes_on(
     assert follow_up.status_code == 200
 
 
-def test_nan_in_a_feature_is_unprocessable(client, columns):
+def test_nan_literal_is_not_json(client, columns):
     body = request_body(columns)
     text = json.dumps(body).replace(str(body["inputs"][0]["data"][0]), "NaN", 1)
     response = client.post("/v2/models/fraud/infer", content=text)
-    assert response.status_code == 400 and "NaN" in response.json()["error"]
+    assert response.status_code == 400 and "NaN, which JSON does not allow" in response.json()["error"]

@@ -98,22 +98,40 @@ def test_malformed_bodies_name_the_problem(body, message):
     [
         ({"name": "x", "datatype": "FP32", "shape": [3], "data": [1, 2]}, r"shape \[3\] needs 3 elements"),
         ({"name": "x", "datatype": "FP99", "shape": [1], "data": [1]}, "unknown datatype 'FP99'"),
-        ({"name": "x", "datatype": "INT32", "shape": [1], "data": [1.5]}, "not INT32"),
-        ({"name": "x", "datatype": "INT32", "shape": [1], "data": [True]}, "not INT32"),
-        ({"name": "x", "datatype": "BOOL", "shape": [1], "data": [1]}, "not BOOL"),
+        ({"name": "x", "datatype": "INT32", "shape": [1], "data": [1.5]}, "INT32 values only"),
+        ({"name": "x", "datatype": "INT32", "shape": [2], "data": [1, True]}, "INT32 values only"),
+        ({"name": "x", "datatype": "FP32", "shape": [2], "data": [1.5, True]}, "FP32 values only"),
+        ({"name": "x", "datatype": "BOOL", "shape": [1], "data": [1]}, "BOOL values only"),
         ({"name": "x", "datatype": "UINT8", "shape": [1], "data": [256]}, "outside the range of UINT8"),
-        ({"name": "x", "datatype": "FP32", "shape": [2], "data": [1, "a"]}, "not FP32"),
-        ({"name": "x", "datatype": "BYTES", "shape": [1], "data": [1]}, "list of strings"),
-        ({"name": "x", "datatype": "FP16", "shape": [1], "data": [1]}, "binary tensor extension"),
+        ({"name": "x", "datatype": "FP32", "shape": [2], "data": [1, "a"]}, "FP32 values only"),
+        ({"name": "x", "datatype": "FP32", "shape": [1], "data": [1e39]}, "too large for a finite FP32"),
+        ({"name": "x", "datatype": "BYTES", "shape": [1], "data": [1]}, "strings only"),
+        ({"name": "x", "datatype": "BYTES", "shape": [1], "data": ["\ud800"]}, "not valid UTF-8"),
+        ({"name": "x", "datatype": "FP16", "shape": [1], "data": [1]}, "binary tensor"),
         ({"name": "x", "datatype": "FP32", "shape": [-1], "data": [1]}, "non-negative integers"),
-        ({"name": "x", "datatype": "FP32", "shape": [2], "data": [[1], 2]}, "mixes nested lists"),
+        ({"name": "x", "datatype": "FP32", "shape": [2], "data": [1, [2]]}, "mixes nested lists"),
+        ({"name": "x", "datatype": "FP32", "shape": [3], "data": [[1, 2], [3]]}, "does not follow the shape"),
+        ({"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [[1, 2, 3], [4]]}, "does not follow the shape"),
+        ({"name": "x", "datatype": "FP32", "shape": [1], "data": [1], "parameters": 3}, "parameters"),
         ({"name": "x", "datatype": "FP32", "shape": [1]}, "missing 'data'"),
         ({"datatype": "FP32", "shape": [1], "data": [1]}, "'name'"),
+        ({"name": "\ud800", "datatype": "FP32", "shape": [1], "data": [1]}, "UTF-8"),
     ],
 )
 def test_bad_tensors_name_the_input_and_problem(tensor, message):
     with pytest.raises(InvalidInput, match=message):
         parse_infer_request(_body(tensor))
+
+
+def test_huge_integers_are_valid_floats():
+    request = parse_infer_request(_body({"name": "x", "datatype": "FP64", "shape": [1], "data": [2**70]}))
+    assert request.inputs["x"][0] == 2.0**70
+
+
+def test_id_must_be_valid_text():
+    tensor = {"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}
+    with pytest.raises(InvalidInput, match="'id'"):
+        parse_infer_request(_body(tensor, id="\ud800"))
 
 
 def test_duplicate_inputs_are_refused():

@@ -45,10 +45,12 @@ def test_onnx_runner_matches_the_arithmetic(onnx_file):
     np.testing.assert_allclose(out, _score(LAYERS, x), rtol=1e-5, atol=1e-6)
 
 
-def test_cpu_is_chosen_without_a_usable_gpu(onnx_file):
+def test_cpu_is_chosen_without_a_usable_gpu(onnx_file, monkeypatch):
+    # The driver is asked for devices; here it answers none, as it does on a machine without a GPU.
+    monkeypatch.setattr("serve_app.runtime.onnx.cuda_device_count", lambda: 0)
     assert choose_providers(config())[0] == ["CPUExecutionProvider"]
     runner = load_runner(config(instances={"num_gpus": 0.5}), onnx_file)
-    # No GPU on this machine: the runner falls back to the CPU and says so.
+    # A GPU was asked for, none is usable: the runner falls back to the CPU.
     assert runner.describe()["providers"] == ["CPUExecutionProvider"] and runner.device == "cpu"
 
 
