@@ -8,7 +8,7 @@ REPOSITORY ?= model_repository
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo run test lint format bench clean
+.PHONY: install demo run test lint format bench proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ format: install
 
 bench: install
 	$(BIN)/python benchmarks/graph_latency.py
+
+# The gRPC modules are generated from the .proto beside them by the pinned grpcio-tools (dev extra).
+proto: install
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. \
+		serve_app/protocol/generated/grpc_predict_v2.proto
 
 clean:
 	rm -rf $(VENV) $(REPOSITORY) .pytest_cache

@@ -27,7 +27,7 @@ from ray import serve
 from graphs.single_model import build_app
 from serve_app.demo import build_demo_repository, request_columns, synthetic_transactions
 from serve_app.protocol.dataplane import LocalEndpoint
-from serve_app.protocol.json_codec import request_body
+from serve_app.protocol.rest import request_body
 from serve_app.repository import ModelRepository
 from serve_app.runtime import load_runner
 

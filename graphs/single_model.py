@@ -20,13 +20,14 @@ from serve_app.repository import ModelRepository, ModelVersion
 
 def build_app(args: dict) -> Application:
     settings = GraphArgs.model_validate(args)
-    repository = str(Path(settings.repository).resolve())
-    served = ModelRepository(repository).check(settings.models)  # a broken repository fails here, at start
-    pipelines = [version_pipeline(repository, version, settings) for version in served]
+    # Resolved here, in the process that reads the config, so every replica finds the same folder.
+    settings = settings.model_copy(update={"repository": str(Path(settings.repository).resolve())})
+    served = ModelRepository(settings.repository).check(settings.models)  # a broken repository fails at start
+    pipelines = [version_pipeline(settings.repository, version, settings) for version in served]
     return Router.options(
         max_ongoing_requests=settings.max_ongoing_requests_ingress,
         ray_actor_options={"num_cpus": settings.num_cpus_ingress},
-    ).bind(repository, pipelines)
+    ).bind(settings.model_dump(), pipelines)
 
 
 def version_pipeline(repository: str, version: ModelVersion, settings: GraphArgs) -> dict:

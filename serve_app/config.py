@@ -122,6 +122,8 @@ class GraphArgs(Strict):
     """Models to serve; default: every model in the repository."""
     num_cpus_ingress: float = Field(0.1, ge=0.0)
     """CPUs reserved by the ingress and preprocessor replicas (they mostly wait)."""
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    """Largest inference request body (HTTP 413, gRPC RESOURCE_EXHAUSTED beyond it)."""
     max_ongoing_requests_ingress: int = Field(1000, ge=1)
     """Concurrent requests one ingress or preprocessor replica takes. They are async and
     cheap per request; Serve's default of 5 makes callers back off and retry under load."""

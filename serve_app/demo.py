@@ -118,12 +118,74 @@ def dense_onnx(
         [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch"])],
         initializers,
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="serve-app", doc_string=doc
+    return _finish(graph, doc)
+
+
+ECHO_DATATYPES = {
+    "BOOL": TensorProto.BOOL, "UINT8": TensorProto.UINT8, "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32, "UINT64": TensorProto.UINT64, "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16, "INT32": TensorProto.INT32, "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16, "FP32": TensorProto.FLOAT, "FP64": TensorProto.DOUBLE,
+    "BYTES": TensorProto.STRING,
+}  # fmt: skip
+DENSE_IN, DENSE_OUT = 256, 64
+
+
+def echo_onnx() -> onnx.ModelProto:
+    """INPUT_<DT> -> OUTPUT_<DT> unchanged, for every protocol datatype: the round-trip test model."""
+    nodes, inputs, outputs = [], [], []
+    for datatype, element in ECHO_DATATYPES.items():
+        inputs.append(helper.make_tensor_value_info(f"INPUT_{datatype}", element, ["batch", "n"]))
+        outputs.append(helper.make_tensor_value_info(f"OUTPUT_{datatype}", element, ["batch", "n"]))
+        nodes.append(helper.make_node("Identity", [f"INPUT_{datatype}"], [f"OUTPUT_{datatype}"]))
+    return _finish(helper.make_graph(nodes, "echo", inputs, outputs), "echo: every datatype, unchanged")
+
+
+def dense_projection_onnx(seed: int) -> onnx.ModelProto:
+    """A 256 -> 64 ReLU projection: a model whose inputs are plain FP32 tensors, no preprocessor."""
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(scale=DENSE_IN**-0.5, size=(DENSE_IN, DENSE_OUT)).astype(np.float32)
+    bias = rng.normal(scale=0.1, size=DENSE_OUT).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["INPUT", "W"], ["m"]),
+            helper.make_node("Add", ["m", "B"], ["z"]),
+            helper.make_node("Relu", ["z"], ["OUTPUT"]),
+        ],
+        "dense",
+        [helper.make_tensor_value_info("INPUT", TensorProto.FLOAT, ["batch", DENSE_IN])],
+        [helper.make_tensor_value_info("OUTPUT", TensorProto.FLOAT, ["batch", DENSE_OUT])],
+        [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")],
     )
+    return _finish(graph, "dense: 256 -> 64 ReLU projection")
+
+
+def _finish(graph: onnx.GraphProto, doc: str) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="serve-app")
+    model.doc_string = doc
     model.ir_version = 9
     onnx.checker.check_model(model)
     return model
+
+
+def _plain_config(name: str, description: str, inputs: list, outputs: list) -> dict:
+    return {
+        "name": name,
+        "platform": "onnxruntime_onnx",
+        "description": description,
+        "max_batch_size": 256,
+        "inputs": inputs,
+        "outputs": outputs,
+        "dynamic_batching": {"max_batch_size": 64, "batch_wait_timeout_s": 0.002},
+        "instances": {"num_replicas": 1, "num_cpus": 0.2, "num_gpus": 0},
+        "version_policy": {"latest": 1},
+    }
+
+
+def _write_model(root: Path, name: str, model: onnx.ModelProto, config: dict) -> None:
+    (root / name / "1").mkdir(parents=True, exist_ok=True)
+    onnx.save(model, root / name / "1" / "model.onnx")
+    (root / name / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def model_config(width: int) -> dict:
@@ -183,6 +245,17 @@ def build_demo_repository(out: str | Path, seed: int = 7, train_rows: int = 60_0
     validation.to_parquet(model_dir / "validation.parquet", index=False)
     (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     (model_dir / "config.yaml").write_text(yaml.safe_dump(model_config(preprocessor.width), sort_keys=False))
+    echo_tensors = [{"datatype": dt, "dims": [-1, -1]} for dt in ECHO_DATATYPES]
+    _write_model(out, "echo", echo_onnx(), _plain_config(
+        "echo", "Returns every input unchanged: one tensor of each protocol datatype.",
+        [{"name": f"INPUT_{t['datatype']}", **t} for t in echo_tensors],
+        [{"name": f"OUTPUT_{t['datatype']}", **t} for t in echo_tensors],
+    ))  # fmt: skip
+    _write_model(out, "dense", dense_projection_onnx(seed), _plain_config(
+        "dense", "A 256 -> 64 ReLU projection of an FP32 tensor.",
+        [{"name": "INPUT", "datatype": "FP32", "dims": [-1, DENSE_IN]}],
+        [{"name": "OUTPUT", "datatype": "FP32", "dims": [-1, DENSE_OUT]}],
+    ))  # fmt: skip
     return metrics
 
 

@@ -58,6 +58,13 @@ class Unavailable(ServeAppError):
     grpc_code = "UNAVAILABLE"
 
 
+class DeadlineExceeded(ServeAppError):
+    """The request's own timeout (parameters.timeout) ran out before the model answered."""
+
+    http_status = 504
+    grpc_code = "DEADLINE_EXCEEDED"
+
+
 class RepositoryError(ServeAppError):
     """The model repository on disk is broken; raised at start, naming the file and field."""
 

@@ -1,10 +1,26 @@
+"""Session fixtures: the demo repository, one local Ray cluster, and the demo graph deployed once.
+
+Unit tests use only the repository; the cluster starts the first time a test asks for it."""
+
 from __future__ import annotations
 
+import socket
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
+import ray
+import yaml
+from ray import serve
 
+from graphs.single_model import build_app
 from serve_app.demo import build_demo_repository
+
+LOCAL_CONFIG = Path(__file__).parents[1] / "configs" / "local.yaml"
+APP_NAME = "serve-app"
+MAX_REQUEST_BYTES = 2 * 1024 * 1024
+"""Smaller than the default, so tests can cross it cheaply (and stay under gRPC's 4 MiB default)."""
 
 
 @pytest.fixture(scope="session")
@@ -13,3 +29,66 @@ def demo_repository(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("model_repository")
     build_demo_repository(root)
     return root
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Cluster:
+    http_url: str
+    """Serve's HTTP proxy."""
+    grpc_target: str
+    """Serve's gRPC proxy, host:port."""
+    dashboard_url: str
+    """Where `serve deploy --address` sends a config, as ops do."""
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Cluster:
+    dashboard_port = _free_port()
+    # More logical CPUs than cores: replicas mostly wait, and CI has two cores.
+    ray.init(
+        num_cpus=8,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
+        log_to_driver=False,
+    )
+    config = yaml.safe_load(LOCAL_CONFIG.read_text())
+    http_port, grpc_port = _free_port(), _free_port()
+    serve.start(
+        http_options={"host": "127.0.0.1", "port": http_port},
+        grpc_options={**config["grpc_options"], "port": grpc_port},
+    )
+    yield Cluster(f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{dashboard_port}")
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def app_args(demo_repository) -> dict:
+    """The args of configs/local.yaml, pointed at the test's demo repository."""
+    application = yaml.safe_load(LOCAL_CONFIG.read_text())["applications"][0]
+    return {**application["args"], "repository": str(demo_repository), "max_request_bytes": MAX_REQUEST_BYTES}
+
+
+@pytest.fixture(scope="session")
+def served(ray_cluster, app_args) -> str:
+    """Base URL of the demo graph, deployed once."""
+    serve.run(build_app(app_args), name=APP_NAME, route_prefix="/")
+    return ray_cluster.http_url
+
+
+@pytest.fixture(scope="session")
+def grpc_target(served, ray_cluster) -> str:
+    return ray_cluster.grpc_target
+
+
+@pytest.fixture
+def client(served):
+    with httpx.Client(base_url=served, timeout=30) as http:
+        yield http

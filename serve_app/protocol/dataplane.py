@@ -14,7 +14,7 @@ import numpy as np
 
 from serve_app import __version__
 from serve_app.config import TensorSpec
-from serve_app.errors import InvalidInput, ModelNotFound
+from serve_app.errors import DeadlineExceeded, InvalidInput, ModelNotFound
 from serve_app.protocol.messages import InferenceRequest, InferenceResponse
 from serve_app.protocol.tensors import check_inputs
 from serve_app.repository import ModelVersion
@@ -115,7 +115,11 @@ class DataPlane:
     async def infer(self, name: str, version: str | None, request: InferenceRequest) -> InferenceResponse:
         endpoint = self.endpoint(name, version)
         check_inputs(request.inputs, endpoint.input_specs, endpoint.max_batch_size)
-        outputs = await endpoint.infer(request.inputs)
+        timeout_s = _timeout_s(request.parameters)
+        try:
+            outputs = await asyncio.wait_for(endpoint.infer(request.inputs), timeout_s)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(f"the request's timeout of {timeout_s * 1000:g} ms ran out") from None
         if request.requested_outputs is not None:
             unknown = [o for o in request.requested_outputs if o not in outputs]
             if unknown:
@@ -124,6 +128,16 @@ class DataPlane:
         return InferenceResponse(
             model_name=endpoint.name, model_version=str(endpoint.version), outputs=outputs, id=request.id
         )
+
+
+def _timeout_s(parameters: dict) -> float | None:
+    """Triton's request parameter 'timeout', in microseconds (tritonclient's infer(timeout=...))."""
+    timeout_us = parameters.get("timeout")
+    if timeout_us is None:
+        return None
+    if type(timeout_us) is not int or timeout_us <= 0:
+        raise InvalidInput("parameters.timeout must be a positive whole number of microseconds")
+    return timeout_us / 1e6
 
 
 def _spec_metadata(spec: TensorSpec) -> dict:

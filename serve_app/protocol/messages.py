@@ -15,6 +15,8 @@ class InferenceRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     requested_outputs: list[str] | None = None
     """Output names the client asked for; None means all of them."""
+    output_parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Parameters of each requested output (binary_data, for example)."""
 
 
 @dataclass

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from serve_app.config import ModelConfig
-from serve_app.errors import RepositoryError
+from serve_app.errors import InvalidInput, RepositoryError
 from serve_app.protocol.tensors import NUMPY_DTYPES
 from serve_app.runtime.base import Runner, logger
 from serve_app.runtime.devices import cuda_device_count, wants_gpu
@@ -82,10 +82,28 @@ class OnnxRunner(Runner):
                     raise RepositoryError(f"{where}: dims {spec.dims} but the graph's shape is {node.shape}")
 
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = self.session.run(self._output_names, inputs)
+        feed = {name: _as_text(name, array) if array.dtype == object else array for name, array in inputs.items()}
+        values = self.session.run(self._output_names, feed)
         return {
-            name: np.asarray(value, dtype=self._output_dtypes[name]) for name, value in zip(self._output_names, values)
+            name: _as_bytes(value) if self._output_dtypes[name].kind == "O" else value
+            for name, value in zip(self._output_names, values)
         }
 
     def describe(self) -> dict:
         return {**super().describe(), "providers": self.session.get_providers()}
+
+
+# ONNX Runtime's Python API carries string tensors as str (it would str() a bytes object), while
+# the protocol's BYTES are bytes: convert at the boundary, so BYTES must be UTF-8 for ONNX models.
+def _as_text(name: str, array: np.ndarray) -> np.ndarray:
+    try:
+        text = [item.decode("utf-8") if isinstance(item, bytes) else str(item) for item in array.ravel()]
+    except UnicodeDecodeError:
+        raise InvalidInput(f"input '{name}': BYTES elements must be UTF-8 text for an ONNX string tensor") from None
+    return np.array(text, dtype=object).reshape(array.shape)
+
+
+def _as_bytes(array: np.ndarray) -> np.ndarray:
+    encoded = np.empty(array.size, dtype=object)
+    encoded[:] = [item.encode("utf-8") if isinstance(item, str) else item for item in array.ravel()]
+    return encoded.reshape(array.shape)

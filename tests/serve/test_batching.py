@@ -15,8 +15,8 @@ import yaml
 from ray import serve
 
 from serve_app.demo import request_columns, synthetic_transactions
-from serve_app.protocol.json_codec import request_body
-from tests.serve.conftest import APP_NAME
+from serve_app.protocol.rest import request_body
+from tests.conftest import APP_NAME
 
 
 async def _concurrent_requests(base_url: str, count: int, prefix: str = "") -> list[int]:

@@ -10,7 +10,7 @@ import pytest
 
 from serve_app.demo import request_columns, synthetic_transactions
 from serve_app.protocol.dataplane import LocalEndpoint
-from serve_app.protocol.json_codec import request_body
+from serve_app.protocol.rest import request_body
 from serve_app.repository import ModelRepository
 from serve_app.runtime import load_runner
 

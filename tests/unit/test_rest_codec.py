@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from serve_app.errors import InvalidInput
-from serve_app.protocol.json_codec import (
+from serve_app.protocol.messages import InferenceResponse
+from serve_app.protocol.rest import (
     encode_tensor,
     parse_infer_request,
     render_infer_response,
     request_body,
 )
-from serve_app.protocol.messages import InferenceResponse
 
 JSON_DATATYPES = {
     "BOOL": [True, False, True, True],
@@ -67,7 +67,9 @@ def test_request_body_is_what_a_client_sends():
 
 def test_response_echoes_id_and_names_the_model():
     response = InferenceResponse("m", "2", {"y": np.array([0.5], np.float32)}, id="r1")
-    assert render_infer_response(response) == {
+    body, header_length = render_infer_response(response)
+    assert header_length is None
+    assert json.loads(body) == {
         "model_name": "m",
         "model_version": "2",
         "id": "r1",

@@ -1,0 +1,115 @@
+"""Schemas of the REST API, for /openapi.json only: requests are parsed by rest.py, not by these."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from serve_app.config import Datatype
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Parameters(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    binary_data_size: int | None = Field(None, ge=0, description="Bytes of this tensor after the JSON header.")
+    binary_data: bool | None = Field(None, description="Send this output as raw bytes after the JSON header.")
+    binary_data_output: bool | None = Field(None, description="Send every output as raw bytes.")
+    timeout: int | None = Field(None, gt=0, description="Give up after this many microseconds (504).")
+
+
+class RequestInput(_Schema):
+    name: str = Field(min_length=1)
+    shape: list[int] = Field(description="Full shape, batch first.", json_schema_extra={"items": {"minimum": 0}})
+    datatype: Datatype
+    parameters: Parameters | None = None
+    data: list[Any] | None = Field(None, description="Row-major values, flat or nested; absent for binary inputs.")
+
+
+class RequestOutput(_Schema):
+    name: str
+    parameters: Parameters | None = None
+
+
+class InferenceRequest(_Schema):
+    id: str | None = None
+    parameters: Parameters | None = None
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(_Schema):
+    name: str
+    shape: list[int]
+    datatype: Datatype
+    parameters: Parameters | None = None
+    data: list[Any] | None = None
+
+
+class InferenceResponse(_Schema):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[ResponseOutput]
+
+
+class Error(_Schema):
+    error: str = Field(description="What was wrong, naming the field.")
+
+
+class Live(_Schema):
+    live: bool
+
+
+class Ready(_Schema):
+    ready: bool
+
+
+class ServerMetadata(_Schema):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class TensorMetadata(_Schema):
+    name: str
+    datatype: Datatype
+    shape: list[int]
+
+
+class ModelMetadata(_Schema):
+    name: str
+    versions: list[str]
+    platform: Literal["onnxruntime_onnx", "pytorch_libtorch"]
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+ERRORS = {status: {"model": Error} for status in (400, 404, 413, 422, 503, 504)}
+REF_TEMPLATE = "#/components/schemas/{model}"
+
+
+def infer_request_body() -> dict:
+    """The infer routes read the body themselves (JSON, or JSON + binary): describe it here."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": REF_TEMPLATE.format(model="InferenceRequest")}},
+                "application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"},
+                    "description": "A JSON header of Inference-Header-Content-Length bytes, then raw tensors.",
+                },
+            },
+        }
+    }
+
+
+def request_components() -> dict:
+    """Component schemas of the request body, for the routes that describe it by hand."""
+    schema = InferenceRequest.model_json_schema(ref_template=REF_TEMPLATE)
+    return {**schema.pop("$defs", {}), "InferenceRequest": schema}
