@@ -20,22 +20,14 @@ from serve_app.protocol.raw import tensor_to_raw
 from serve_app.protocol.rest import request_body
 from serve_app.protocol.tensors import NUMPY_DTYPES
 from tests.conftest import MAX_REQUEST_BYTES
+from tests.helpers import binary_body
 
 DENSE = np.random.default_rng(5).normal(size=(64, 256)).astype(np.float32)
 
 
-def binary_body(tensors: dict[str, np.ndarray], **document) -> tuple[bytes, dict]:
-    inputs, chunks = [], []
-    for name, array in tensors.items():
-        raw = tensor_to_raw(array)
-        datatype = "BYTES" if array.dtype == object else next(k for k, v in NUMPY_DTYPES.items() if v == array.dtype)
-        shape = list(array.shape)
-        inputs.append(
-            {"name": name, "datatype": datatype, "shape": shape, "parameters": {"binary_data_size": len(raw)}}
-        )
-        chunks.append(raw)
-    header = json.dumps({"inputs": inputs, **document}).encode()
-    return header + b"".join(chunks), {"Inference-Header-Content-Length": str(len(header))}
+def binary_request(tensors: dict[str, np.ndarray], **document) -> tuple[bytes, dict]:
+    body, header_length = binary_body(tensors, **document)
+    return body, {"Inference-Header-Content-Length": str(header_length)}
 
 
 def test_server_lists_the_binary_extension(client):
@@ -43,7 +35,7 @@ def test_server_lists_the_binary_extension(client):
 
 
 def test_binary_request_and_binary_response(client):
-    body, headers = binary_body({"INPUT": DENSE}, parameters={"binary_data_output": True})
+    body, headers = binary_request({"INPUT": DENSE}, parameters={"binary_data_output": True})
     response = client.post("/v2/models/dense/infer", content=body, headers=headers)
     assert response.status_code == 200, response.text
     header_length = int(response.headers["inference-header-content-length"])
@@ -62,7 +54,7 @@ def test_plain_json_echo_round_trips_every_json_datatype(client):
     # FP16 cannot travel in JSON: it goes binary while the rest go as JSON, in one request.
     json_part = request_body({f"INPUT_{d}": a for d, a in arrays.items()})
     fp16 = np.array([[0.5, -2.0]], np.float16)
-    body, headers = binary_body({"INPUT_FP16": fp16})
+    body, headers = binary_request({"INPUT_FP16": fp16})
     header = json.loads(body[: int(headers["Inference-Header-Content-Length"])])
     header["inputs"] += json_part["inputs"]
     header["outputs"] = [{"name": f"OUTPUT_{d}"} for d in arrays]  # FP16 not asked for: it has no JSON form
@@ -81,7 +73,7 @@ def test_plain_json_echo_round_trips_every_json_datatype(client):
 
 
 def test_fp16_output_as_json_is_refused_with_advice(client):
-    body, headers = binary_body({f"INPUT_{d}": _one(d) for d in ECHO_DATATYPES})
+    body, headers = binary_request({f"INPUT_{d}": _one(d) for d in ECHO_DATATYPES})
     response = client.post("/v2/models/echo/infer", content=body, headers=headers)
     assert response.status_code == 400 and "binary_data" in response.json()["error"]
 
@@ -102,7 +94,7 @@ def _one(datatype: str) -> np.ndarray:
     ],
 )
 def test_bad_binary_requests_get_400_and_serving_goes_on(client, mutate, message):
-    body, headers = binary_body({"INPUT": DENSE})
+    body, headers = binary_request({"INPUT": DENSE})
     response = client.post("/v2/models/dense/infer", content=mutate(body, headers)[0], headers=mutate(body, headers)[1])
     assert response.status_code == 400 and message in response.json()["error"], response.text
     assert client.post("/v2/models/dense/infer", content=body, headers=headers).status_code == 200

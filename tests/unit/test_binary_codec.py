@@ -16,6 +16,7 @@ from serve_app.protocol.messages import InferenceResponse
 from serve_app.protocol.raw import tensor_from_raw, tensor_to_raw
 from serve_app.protocol.rest import binary_outputs, parse_infer_request, render_infer_response
 from serve_app.protocol.tensors import NUMPY_DTYPES
+from tests.helpers import binary_body
 
 RNG = np.random.default_rng(3)
 
@@ -33,29 +34,10 @@ def sample(datatype: str, shape=(2, 3)) -> np.ndarray:
     return RNG.integers(info.min, info.max, size=shape, dtype=dtype, endpoint=True)
 
 
-def binary_request(tensors: dict[str, np.ndarray], **document) -> tuple[bytes, int]:
-    """A request as tritonclient.http builds it: JSON header, then each tensor's raw bytes."""
-    inputs, chunks = [], []
-    for name, array in tensors.items():
-        raw = tensor_to_raw(array)
-        datatype = "BYTES" if array.dtype == object else next(k for k, v in NUMPY_DTYPES.items() if v == array.dtype)
-        inputs.append(
-            {
-                "name": name,
-                "datatype": datatype,
-                "shape": list(array.shape),
-                "parameters": {"binary_data_size": len(raw)},
-            }
-        )
-        chunks.append(raw)
-    header = json.dumps({"inputs": inputs, **document}).encode()
-    return header + b"".join(chunks), len(header)
-
-
 @pytest.mark.parametrize("datatype", sorted(NUMPY_DTYPES))
 def test_every_datatype_round_trips_exactly_in_binary(datatype):
     array = sample(datatype)
-    body, header_length = binary_request({"t": array})
+    body, header_length = binary_body({"t": array})
     decoded = parse_infer_request(body, header_length).inputs["t"]
     assert decoded.dtype == array.dtype and decoded.shape == array.shape
     assert decoded.tobytes() == array.tobytes() if datatype != "BYTES" else decoded.tolist() == array.tolist()
@@ -69,7 +51,7 @@ def test_raw_layouts_follow_the_protocol():
 
 
 def test_binary_and_json_inputs_mix():
-    body, header_length = binary_request({"b": np.arange(4, dtype=np.float32)}, id="mixed")
+    body, header_length = binary_body({"b": np.arange(4, dtype=np.float32)}, id="mixed")
     document = json.loads(body[:header_length])
     document["inputs"].append({"name": "j", "datatype": "INT64", "shape": [2], "data": [7, 8]})
     header = json.dumps(document).encode()
@@ -166,7 +148,7 @@ def test_random_bodies_raise_only_the_protocol_error(body, cut):
     noise=st.binary(max_size=16),
 )
 def test_truncated_or_padded_binary_raises_only_the_protocol_error(datatype, rows, cut, noise):
-    body, header_length = binary_request({"t": sample(datatype, (rows,))})
+    body, header_length = binary_body({"t": sample(datatype, (rows,))})
     for candidate in (body[: header_length + cut], body + noise):
         with contextlib.suppress(InvalidInput):
             parse_infer_request(candidate, header_length)

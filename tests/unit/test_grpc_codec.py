@@ -16,7 +16,7 @@ from serve_app.protocol import grpc_codec
 from serve_app.protocol.generated import grpc_predict_v2_pb2 as pb
 from serve_app.protocol.messages import InferenceResponse
 from serve_app.protocol.raw import tensor_to_raw
-from serve_app.protocol.tensors import NUMPY_DTYPES
+from serve_app.protocol.tensors import NUMPY_DTYPES, datatype_of
 
 ROOT = Path(__file__).parents[2]
 GENERATED = ROOT / "serve_app" / "protocol" / "generated"
@@ -25,8 +25,7 @@ GENERATED = ROOT / "serve_app" / "protocol" / "generated"
 def _request(**tensors) -> pb.ModelInferRequest:
     message = pb.ModelInferRequest(model_name="m", id="req-9")
     for name, array in tensors.items():
-        datatype = "BYTES" if array.dtype == object else next(k for k, v in NUMPY_DTYPES.items() if v == array.dtype)
-        message.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
+        message.inputs.add(name=name, datatype=datatype_of(array), shape=list(array.shape))
         message.raw_input_contents.append(tensor_to_raw(array))
     return message
 
