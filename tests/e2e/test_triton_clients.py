@@ -12,18 +12,21 @@ import pytest
 from serve_app.protocol.dataplane import LocalEndpoint
 from serve_app.repository import ModelRepository
 from serve_app.runtime import load_runner
-from tests.e2e.clients.triton_checks import fraud_inputs
+from tests.e2e.clients.triton_checks import dense_input, fraud_inputs
 
 CHECKS = Path(__file__).parent / "clients" / "triton_checks.py"
 
 
 @pytest.fixture(scope="module")
 def expected(demo_repository, tmp_path_factory) -> Path:
-    """The fraud scores of both versions, computed in this process, for the client to compare."""
+    """The models' answers computed in this process, for the client to compare with the server's."""
+    repository = ModelRepository(demo_repository)
     scores = {}
-    for version in ModelRepository(demo_repository).served_versions("fraud"):
+    for version in repository.served_versions("fraud"):
         endpoint = LocalEndpoint(version, load_runner(version.config, version.model_file))
         scores[f"fraud_v{version.version}"] = endpoint.predict(fraud_inputs())["fraud_probability"]
+    dense = repository.version("dense", 1)
+    scores["dense"] = load_runner(dense.config, dense.model_file).predict({"INPUT": dense_input()})["OUTPUT"]
     path = tmp_path_factory.mktemp("expected") / "expected.npz"
     np.savez(path, **scores)
     return path
