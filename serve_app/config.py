@@ -113,6 +113,56 @@ class ModelConfig(Strict):
         return self
 
 
+class ExperimentSettings(Strict):
+    """How a champion/challenger experiment decides (see routing.SequentialTest)."""
+
+    metric: Literal["reward", "accuracy"] = "reward"
+    """reward: mean feedback reward per request; accuracy: share of predictions matching feedback labels."""
+    alpha: float = Field(0.05, gt=0.0, lt=0.5)
+    """Chance of a false decision, valid however often the test is checked (always-valid p-values)."""
+    mixture_sd: float = Field(0.02, gt=0.0)
+    """Spread of the mixing distribution over the effect, in metric units: about the effect worth finding."""
+    min_samples_per_arm: int = Field(200, ge=10)
+    """Outcomes each arm needs before any decision."""
+    min_duration_s: float = Field(0.0, ge=0.0)
+    """Time since the experiment started before any promotion (604800 for 'after 7 days')."""
+    max_error_rate: float = Field(0.05, ge=0.0, le=1.0)
+    """Guardrail: a challenger failing more requests than this (after min_samples_per_arm) is stopped."""
+    max_p99_latency_ms: float | None = Field(None, gt=0.0)
+    """Guardrail: a challenger slower than this at p99 is stopped."""
+    auto_promote: bool = True
+    """Promote or stop on the test's decision; otherwise only report it and let ops decide."""
+
+
+class TrafficSettings(Strict):
+    """Which versions of one model answer, and in what shares. Live: the router's user_config."""
+
+    champion: int
+    challenger: int | None = None
+    challenger_weight: float = Field(0.0, ge=0.0, le=1.0)
+    """Share of routing keys sent to the challenger; the champion takes the rest."""
+    shadows: list[int] = []
+    """Versions that receive mirrored traffic; their answers are logged, never returned."""
+    shadow_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    """Share of requests mirrored to every shadow version."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrafficSettings:
+        if self.challenger is None and self.challenger_weight > 0:
+            raise ValueError("challenger_weight > 0 needs a challenger version")
+        if self.challenger == self.champion:
+            raise ValueError(f"version {self.champion} cannot be both champion and challenger")
+        production = {self.champion, self.challenger}
+        if production & set(self.shadows):
+            raise ValueError(f"shadow versions {sorted(production & set(self.shadows))} also serve production")
+        return self
+
+    @property
+    def versions(self) -> list[int]:
+        """Every version this model needs loaded."""
+        return sorted({self.champion, *([self.challenger] if self.challenger else []), *self.shadows})
+
+
 class GraphArgs(Strict):
     """The `args` of an application in configs/*.yaml, shared by every graph builder."""
 
@@ -122,6 +172,9 @@ class GraphArgs(Strict):
     """Models to serve; default: every model in the repository."""
     num_cpus_ingress: float = Field(0.1, ge=0.0)
     """CPUs reserved by the ingress and preprocessor replicas (they mostly wait)."""
+    storage_uri: str | None = None
+    """Where the prediction log and experiment state go: a local folder or a pyarrow.fs URI.
+    None: no prediction log."""
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     """Largest inference request body (HTTP 413, gRPC RESOURCE_EXHAUSTED beyond it)."""
     max_ongoing_requests_ingress: int = Field(1000, ge=1)
@@ -136,3 +189,17 @@ def describe_validation_error(error: ValidationError, source: str) -> str:
         field = ".".join(str(part) for part in item["loc"]) or "(top level)"
         problems.append(f"{source}: field '{field}': {item['msg']}")
     return "; ".join(problems)
+
+
+class ExperimentArgs(Strict):
+    traffic: TrafficSettings
+    """The split a fresh experiment starts with; after that, `serve deploy` with a changed
+    traffic section starts anew, while an unchanged one keeps the persisted state."""
+    settings: ExperimentSettings = ExperimentSettings()
+
+
+class ExperimentGraphArgs(GraphArgs):
+    """Args of graphs.champion_challenger: the single-model args plus an experiment per model."""
+
+    storage_uri: str = "serve_app_storage"
+    experiments: dict[str, ExperimentArgs] = Field(min_length=1)

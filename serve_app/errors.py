@@ -29,6 +29,20 @@ class InvalidInput(ServeAppError):
     grpc_code = "INVALID_ARGUMENT"
 
 
+class Unauthorized(ServeAppError):
+    """A management call without the right bearer token."""
+
+    http_status = 401
+    grpc_code = "UNAUTHENTICATED"
+
+
+class Forbidden(ServeAppError):
+    """A management call while management is switched off (no token configured)."""
+
+    http_status = 403
+    grpc_code = "PERMISSION_DENIED"
+
+
 class ModelNotFound(ServeAppError):
     """The model, or the version of it, is not served here."""
 

@@ -14,11 +14,12 @@ import ray
 import yaml
 from ray import serve
 
-from graphs.single_model import build_app
+from graphs.champion_challenger import build_app
 from serve_app.demo import build_demo_repository
 
 LOCAL_CONFIG = Path(__file__).parents[1] / "configs" / "local.yaml"
 APP_NAME = "serve-app"
+ADMIN_TOKEN = "test-admin-token"
 MAX_REQUEST_BYTES = 2 * 1024 * 1024
 """Smaller than the default, so tests can cross it cheaply (and stay under gRPC's 4 MiB default)."""
 
@@ -57,6 +58,7 @@ def ray_cluster() -> Cluster:
         dashboard_host="127.0.0.1",
         dashboard_port=dashboard_port,
         log_to_driver=False,
+        runtime_env={"env_vars": {"SERVE_APP_ADMIN_TOKEN": ADMIN_TOKEN}},
     )
     config = yaml.safe_load(LOCAL_CONFIG.read_text())
     http_port, grpc_port = _free_port(), _free_port()
@@ -70,10 +72,15 @@ def ray_cluster() -> Cluster:
 
 
 @pytest.fixture(scope="session")
-def app_args(demo_repository) -> dict:
-    """The args of configs/local.yaml, pointed at the test's demo repository."""
+def app_args(demo_repository, tmp_path_factory) -> dict:
+    """The args of configs/local.yaml, pointed at the test's demo repository and storage."""
     application = yaml.safe_load(LOCAL_CONFIG.read_text())["applications"][0]
-    return {**application["args"], "repository": str(demo_repository), "max_request_bytes": MAX_REQUEST_BYTES}
+    return {
+        **application["args"],
+        "repository": str(demo_repository),
+        "storage_uri": str(tmp_path_factory.mktemp("storage")),
+        "max_request_bytes": MAX_REQUEST_BYTES,
+    }
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,12 @@
 both thin layers over one DataPlane, routed to model-version pipelines."""
 
 import asyncio
+import hmac
 import json
 import logging
+import os
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -20,16 +24,39 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
 from serve_app import __version__
-from serve_app.config import GraphArgs
-from serve_app.errors import InvalidInput, ModelNotFound, PayloadTooLarge, ServeAppError, Unavailable, as_client_error
+from serve_app.config import GraphArgs, TrafficSettings
+from serve_app.errors import (
+    Forbidden,
+    InvalidInput,
+    ModelNotFound,
+    PayloadTooLarge,
+    ServeAppError,
+    Unauthorized,
+    Unavailable,
+    as_client_error,
+)
+from serve_app.predlog import ParquetLog
 from serve_app.protocol import grpc_codec, openapi
 from serve_app.protocol.dataplane import DataPlane, Endpoint
 from serve_app.protocol.generated import grpc_predict_v2_pb2 as pb
-from serve_app.protocol.rest import binary_outputs, decode_content, parse_infer_request, render_infer_response
+from serve_app.protocol.messages import InferenceRequest, InferenceResponse
+from serve_app.protocol.rest import (
+    binary_outputs,
+    decode_content,
+    parse_infer_request,
+    parse_json_body,
+    render_infer_response,
+)
 from serve_app.repository import ModelRepository, ModelVersion
+from serve_app.traffic import ROUTING_KEY_HEADER, TrafficController
 
 logger = logging.getLogger("ray.serve")
 READY_TIMEOUT_S = 5.0
+BACKGROUND_INTERVAL_S = 1.0
+SHADOW_TIMEOUT_S = 10.0
+MAX_SHADOW_CALLS = 256
+"""Mirrored calls in flight per router replica; beyond it mirroring is skipped and counted."""
+ADMIN_TOKEN_ENV = "SERVE_APP_ADMIN_TOKEN"
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -105,6 +132,33 @@ async def _grpc(call: Callable[[], Awaitable], empty: type, grpc_context: RaySer
         return empty()
 
 
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+def _authorize(request: Request, action: str) -> str:
+    """Management calls need the bearer token from the environment, compared in constant time."""
+    expected = os.environ.get(ADMIN_TOKEN_ENV)
+    if not expected:
+        raise Forbidden(f"management is disabled: the server has no {ADMIN_TOKEN_ENV}")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
+        client = request.client.host if request.client else "unknown"
+        logger.warning("refused an unauthenticated request to %s from %s", action, client)
+        raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+    return "ops"
+
+
+async def _reason(request: Request) -> str:
+    body = await request.body()
+    if not body:
+        return "requested by ops"
+    document = parse_json_body(body)
+    if not isinstance(document, dict) or not isinstance(document.get("reason", ""), str):
+        raise InvalidInput("the body, if any, must be an object with a 'reason' string")
+    return document.get("reason") or "requested by ops"
+
+
 def _header_length(request: Request) -> int | None:
     value = request.headers.get(HEADER_LENGTH)
     if value is None:
@@ -140,8 +194,15 @@ class HandleEndpoint(Endpoint):
 @serve.deployment
 @serve.ingress(app)
 class Router:
-    def __init__(self, settings: dict, pipelines: list[dict]):
-        """pipelines: one {"model", "version", "preprocessor", "runner"} per served version."""
+    async def __init__(
+        self,
+        settings: dict,
+        pipelines: list[dict],
+        experiments: DeploymentHandle | None = None,
+        initial_traffic: dict[str, dict] | None = None,
+    ):
+        """pipelines: one {"model", "version", "preprocessor", "runner"} per served version;
+        experiments: the experiment store, for the models in initial_traffic."""
         self.settings = GraphArgs.model_validate(settings)
         repo = ModelRepository(self.settings.repository)
         endpoints = [
@@ -149,6 +210,18 @@ class Router:
         ]
         self.configs = {e.name: repo.config(e.name) for e in endpoints}
         self.dataplane = DataPlane(endpoints, extensions=EXTENSIONS)
+        log = None
+        if self.settings.storage_uri is not None:
+            log = ParquetLog(self.settings.storage_uri, f"router-{uuid.uuid4().hex[:12]}")
+        self.traffic = TrafficController(log)
+        self.experiments = experiments
+        for model, traffic in (initial_traffic or {}).items():
+            self.traffic.set_traffic(model, TrafficSettings.model_validate(traffic))
+        self._shadow_calls: set[asyncio.Task] = set()
+        self.shadow_skipped = 0
+        if experiments is not None:
+            await self._sync_with_experiments()  # a restarted app routes by the persisted state at once
+        self._background = asyncio.create_task(self._background_loop())
 
     # -- REST --------------------------------------------------------------------------
 
@@ -207,11 +280,124 @@ class Router:
         self.dataplane.endpoint(model, version)  # an unknown model is a 404 before the body is read
         body = await self._read_body(request)
         inference = parse_infer_request(body, _header_length(request))
-        response = await self.dataplane.infer(model, version, inference)
+        response = await self._serve(model, version, inference, request.headers.get(ROUTING_KEY_HEADER))
         content, header_length = render_infer_response(response, binary_outputs(inference, list(response.outputs)))
+        headers = {"x-model-version": response.model_version, "x-serve-arm": response.parameters["arm"]}
         if header_length is None:
-            return Response(content, media_type="application/json")
-        return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
+            return Response(content, media_type="application/json", headers=headers)
+        headers[HEADER_LENGTH] = str(header_length)
+        return Response(content, media_type="application/octet-stream", headers=headers)
+
+    # -- routing, mirroring and recording, shared by REST and gRPC ------------------------------
+
+    async def _serve(
+        self, model: str, version: str | None, inference: InferenceRequest, routing_key: str | None
+    ) -> InferenceResponse:
+        route = self.traffic.route(model, version, inference, routing_key)
+        start = time.perf_counter()
+        try:
+            response = await self.dataplane.infer(model, route.version, inference)
+        except Exception as error:
+            client_error = client_error_of(error)
+            if client_error is None or client_error.http_status >= 500:  # the model failed, not the client
+                answered_by = self.dataplane.endpoint(model, route.version).version
+                self.traffic.record(model, answered_by, route.arm, inference, None, _ms(start), type(error).__name__)
+            raise
+        response.parameters["arm"] = route.arm
+        self.traffic.record(
+            model, int(response.model_version), route.arm, inference, response.outputs, _ms(start), "ok"
+        )
+        for shadow in route.shadows:
+            self._mirror(model, shadow, inference)
+        return response
+
+    def _mirror(self, model: str, version: int, inference: InferenceRequest) -> None:
+        """Fire and forget: the client's answer never waits for, or depends on, a shadow."""
+        if len(self._shadow_calls) >= MAX_SHADOW_CALLS:
+            self.shadow_skipped += 1
+            return
+        task = asyncio.create_task(self._shadow(model, version, inference))
+        self._shadow_calls.add(task)
+        task.add_done_callback(self._shadow_calls.discard)
+
+    async def _shadow(self, model: str, version: int, inference: InferenceRequest) -> None:
+        start = time.perf_counter()
+        mirrored = InferenceRequest(inputs=inference.inputs, id=inference.id)
+        try:
+            response = await asyncio.wait_for(self.dataplane.infer(model, str(version), mirrored), SHADOW_TIMEOUT_S)
+        except Exception as error:
+            self.traffic.shadow_failures += 1
+            if self.traffic.shadow_failures % 100 == 1:  # the first failure, then every hundredth
+                logger.warning(
+                    "shadow %s v%s failed (%d so far): %r", model, version, self.traffic.shadow_failures, error
+                )
+            self.traffic.record(model, version, "shadow", mirrored, None, _ms(start), type(error).__name__)
+            return
+        self.traffic.record(model, version, "shadow", mirrored, response.outputs, _ms(start), "ok")
+
+    async def _background_loop(self) -> None:
+        while True:
+            await asyncio.sleep(BACKGROUND_INTERVAL_S)
+            try:
+                await self._sync_with_experiments()
+                if self.traffic.log is not None:
+                    await asyncio.to_thread(self.traffic.log.flush)
+            except Exception:  # the loop must outlive any one failure; the next round retries
+                logger.exception("router background work failed")
+
+    async def _sync_with_experiments(self) -> None:
+        """Ship request events to the experiment store and take the traffic it decides."""
+        if self.experiments is None:
+            return
+        events = self.traffic.drain_events()
+        try:
+            if events:
+                await self.experiments.record.remote(events)
+            for model, traffic in (await self.experiments.traffic.remote()).items():
+                self.traffic.set_traffic(model, TrafficSettings.model_validate(traffic))
+        except Exception:
+            self.traffic.requeue(events)
+            raise
+
+    async def __del__(self):
+        """Graceful shutdown: the last events and log rows are written, not lost."""
+        self._background.cancel()
+        await asyncio.gather(*self._shadow_calls, return_exceptions=True)
+        try:
+            await self._sync_with_experiments()
+        finally:
+            if self.traffic.log is not None:
+                await asyncio.to_thread(self.traffic.log.flush)
+
+    # -- experiments: feedback for everyone, decisions for ops -------------------------------------
+
+    def _experiment_store(self, model: str) -> DeploymentHandle:
+        self.dataplane.endpoint(model)
+        if self.experiments is None or model not in self.traffic.policies:
+            raise ModelNotFound(f"model '{model}' has no experiment")
+        return self.experiments
+
+    @app.post("/v2/models/{model}/feedback", responses=openapi.ERRORS)
+    async def feedback(self, model: str, request: Request) -> dict:
+        store = self._experiment_store(model)
+        document = parse_json_body(await self._read_body(request))
+        if not isinstance(document, dict) or set(document) - {"id", "reward", "label"}:
+            raise InvalidInput("feedback must be an object with 'id' and one of 'reward' or 'label'")
+        return await store.feedback.remote(model, document.get("id"), document.get("reward"), document.get("label"))
+
+    @app.get("/v2/models/{model}/experiment", responses=openapi.ERRORS)
+    async def experiment(self, model: str) -> dict:
+        return await self._experiment_store(model).summary.remote(model)
+
+    @app.post("/v2/models/{model}/experiment/promote", responses=openapi.ERRORS | openapi.AUTH_ERRORS)
+    async def promote(self, model: str, request: Request) -> dict:
+        who = _authorize(request, f"promote {model}")
+        return await self._experiment_store(model).promote.remote(model, await _reason(request), who)
+
+    @app.post("/v2/models/{model}/experiment/rollback", responses=openapi.ERRORS | openapi.AUTH_ERRORS)
+    async def rollback(self, model: str, request: Request) -> dict:
+        who = _authorize(request, f"roll back {model}")
+        return await self._experiment_store(model).rollback.remote(model, await _reason(request), who)
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.settings.max_request_bytes
@@ -263,7 +449,9 @@ class Router:
             if not request.model_name:
                 raise InvalidInput("'model_name' must be given")
             inference = grpc_codec.request_from_proto(request)
-            response = await self.dataplane.infer(request.model_name, request.model_version or None, inference)
+            metadata = dict(grpc_context.invocation_metadata())
+            version = request.model_version or None
+            response = await self._serve(request.model_name, version, inference, metadata.get(ROUTING_KEY_HEADER))
             return grpc_codec.response_to_proto(response)
 
         return await _grpc(call, pb.ModelInferResponse, grpc_context)

@@ -22,7 +22,7 @@ from tests.conftest import APP_NAME
 async def _concurrent_requests(base_url: str, count: int, prefix: str = "") -> list[int]:
     body = request_body(request_columns(synthetic_transactions(1, seed=31)))
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
-        posts = (client.post(f"{prefix}/v2/models/fraud/infer", json=body) for _ in range(count))
+        posts = (client.post(f"{prefix}/v2/models/fraud/versions/2/infer", json=body) for _ in range(count))
         responses = await asyncio.gather(*posts)
     return [r.status_code for r in responses]
 
@@ -107,7 +107,7 @@ def test_a_request_that_fills_a_batch_runs_alone(served, client):
     handle = serve.get_deployment_handle("fraud-v2-model", app_name=APP_NAME)
     before = handle.batch_stats.remote().result()
     columns = request_columns(synthetic_transactions(40, seed=33))  # more rows than max_batch_size (32)
-    response = client.post("/v2/models/fraud/infer", json=request_body(columns))
+    response = client.post("/v2/models/fraud/versions/2/infer", json=request_body(columns))
     assert response.status_code == 200 and response.json()["outputs"][0]["shape"] == [40]
     after = handle.batch_stats.remote().result()
     assert after["inference_count"] - before["inference_count"] == 40

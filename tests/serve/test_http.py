@@ -49,8 +49,15 @@ def test_batched_request_matches_the_model_in_process(client, in_process, column
     response = client.post(path, json=request_body(columns, request_id="abc-123"))
     assert response.status_code == 200, response.text
     body = response.json()
-    expected_version = version or "2"
+    # Without a version, the experiment's sticky split picks champion (v1) or challenger (v2).
+    expected_version = version or body["model_version"]
     assert (body["model_name"], body["model_version"], body["id"]) == ("fraud", expected_version, "abc-123")
+    assert response.headers["x-model-version"] == expected_version
+    assert (
+        body["parameters"]["arm"]
+        == response.headers["x-serve-arm"]
+        == ("direct" if version else body["parameters"]["arm"])
+    )
     [output] = body["outputs"]
     assert output["name"] == "fraud_probability" and output["shape"] == [16] and output["datatype"] == "FP32"
     expected = in_process[int(expected_version)].predict(columns)["fraud_probability"]

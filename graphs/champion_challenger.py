@@ -1,0 +1,65 @@
+"""The single-model graph plus experiments: a weighted sticky champion/challenger split, shadow
+mirroring, a prediction log, feedback, and an experiment store that promotes or rolls back.
+
+    applications:
+      - import_path: graphs.champion_challenger:build_app
+        args:
+          repository: model_repository
+          storage_uri: serve_app_storage
+          experiments:
+            fraud:
+              traffic: {champion: 1, challenger: 2, challenger_weight: 0.05}
+
+Live changes: the experiment store's user_config ({"traffic": {model: ...}}) takes new weights
+through `serve deploy`; the deployment is named 'experiments'.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ray.serve import Application
+
+from graphs.single_model import version_pipeline
+from serve_app.config import ExperimentGraphArgs, GraphArgs
+from serve_app.deployments.experiment import ExperimentDeployment
+from serve_app.deployments.router import Router
+from serve_app.errors import RepositoryError
+from serve_app.repository import ModelRepository
+
+EXPERIMENTS_DEPLOYMENT = "experiments"
+
+
+def build_app(args: dict) -> Application:
+    settings = ExperimentGraphArgs.model_validate(args)
+    # Local paths are resolved here, in the process that reads the config, so every replica agrees.
+    storage = settings.storage_uri if "://" in settings.storage_uri else str(Path(settings.storage_uri).resolve())
+    settings = settings.model_copy(
+        update={"repository": str(Path(settings.repository).resolve()), "storage_uri": storage}
+    )
+    repository = ModelRepository(settings.repository)
+    served = repository.check(settings.models)  # a broken repository fails at start
+    loaded = {(v.name, v.version) for v in served}
+    for model, experiment in settings.experiments.items():
+        if model not in {v.name for v in served}:
+            raise RepositoryError(f"experiment '{model}': the model is not among those served")
+        for version in experiment.traffic.versions:
+            if version not in repository.available_versions(model):
+                raise RepositoryError(f"experiment '{model}': version {version} is not in the repository")
+            if (model, version) not in loaded:  # a traffic version outside the version policy is loaded too
+                extra = repository.version(model, version)
+                extra.check()
+                served.append(extra)
+                loaded.add((model, version))
+    pipelines = [version_pipeline(settings.repository, version, settings) for version in served]
+    traffic = {model: e.traffic.model_dump() for model, e in settings.experiments.items()}
+    experiments = ExperimentDeployment.options(
+        name=EXPERIMENTS_DEPLOYMENT,
+        user_config={"traffic": traffic},
+        ray_actor_options={"num_cpus": settings.num_cpus_ingress},
+    ).bind(settings.storage_uri, {model: e.settings.model_dump() for model, e in settings.experiments.items()})
+    router_settings = settings.model_dump(include=set(GraphArgs.model_fields))
+    return Router.options(
+        max_ongoing_requests=settings.max_ongoing_requests_ingress,
+        ray_actor_options={"num_cpus": settings.num_cpus_ingress},
+    ).bind(router_settings, pipelines, experiments, traffic)

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ray import serve
+
+from serve_app.config import ExperimentSettings, TrafficSettings
+from serve_app.experiment_store import ExperimentStore
+
+logger = logging.getLogger("ray.serve")
+FLUSH_INTERVAL_S = 1.0
+
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=1000)
+class ExperimentDeployment:
+    """The single replica that owns experiment state. Traffic per model comes from user_config
+    ({"traffic": {model: TrafficSettings}}), so ops change weights live with `serve deploy`."""
+
+    def __init__(self, storage_uri: str, settings: dict[str, dict]):
+        self.store = ExperimentStore(
+            storage_uri, {model: ExperimentSettings.model_validate(s) for model, s in settings.items()}
+        )
+        self._flusher = asyncio.get_event_loop().create_task(self._flush_forever())
+
+    def reconfigure(self, user_config: dict) -> None:
+        for model, traffic in user_config.get("traffic", {}).items():
+            self.store.configure(model, TrafficSettings.model_validate(traffic))
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            try:
+                await asyncio.to_thread(self.store.flush)
+            except Exception:  # storage trouble must not stop the loop; the log counts it
+                logger.exception("experiment store: flushing to storage failed")
+
+    async def traffic(self) -> dict[str, dict]:
+        return self.store.traffic()
+
+    async def record(self, events: list[dict]) -> list[dict]:
+        return self.store.record(events)
+
+    async def feedback(self, model: str, request_id, reward=None, label=None) -> dict:
+        return self.store.feedback(model, request_id, reward, label)
+
+    async def summary(self, model: str) -> dict:
+        return self.store.summary(model)
+
+    async def promote(self, model: str, reason: str, who: str) -> dict:
+        return self.store.promote(model, reason, who)
+
+    async def rollback(self, model: str, reason: str, who: str) -> dict:
+        return self.store.rollback(model, reason, who)
+
+    async def __del__(self):
+        self._flusher.cancel()
+        await asyncio.to_thread(self.store.flush)

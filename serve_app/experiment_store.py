@@ -1,0 +1,191 @@
+"""The one place where experiment statistics and decisions live (behind a single-replica deployment).
+
+Router replicas send batches of request events and forward feedback; the store joins feedback
+to requests by id, runs the sequential test, applies its decisions, and persists each model's
+experiment under the storage URI so that a restart keeps champion, weights, counts and history.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from serve_app.config import ExperimentSettings, TrafficSettings
+from serve_app.errors import InvalidInput, ModelNotFound
+from serve_app.predlog import FEEDBACK, ParquetLog, utc_now
+from serve_app.routing import Experiment
+from serve_app.storage import read_json, write_json
+
+SAVE_INTERVAL_S = 1.0
+
+
+def _state_path(model: str) -> str:
+    return f"experiments/{model}.json"
+
+
+class ExperimentStore:
+    def __init__(
+        self,
+        storage_uri: str,
+        settings: dict[str, ExperimentSettings],
+        clock: Callable[[], float] = time.time,
+        max_tracked_requests: int = 200_000,
+    ):
+        self.storage_uri = storage_uri
+        self.settings = settings
+        self.clock = clock
+        self.max_tracked_requests = max_tracked_requests
+        self.experiments: dict[str, Experiment] = {}
+        self.configured: dict[str, dict] = {}
+        self.requests: OrderedDict[str, tuple[str, int, float | None]] = OrderedDict()
+        self.unknown_feedback: Counter = Counter()
+        self.feedback_log = ParquetLog(storage_uri, "experiment-store")
+        self._saved_at: dict[str, float] = {}
+        self._unsaved: set[str] = set()
+
+    # -- configuration -----------------------------------------------------------------
+
+    def configure(self, model: str, traffic: TrafficSettings) -> None:
+        """Apply ops' configured traffic, unless it is what was configured before a restart."""
+        if model not in self.settings:
+            raise InvalidInput(f"model '{model}' has no experiment settings")
+        wanted = traffic.model_dump()
+        if model not in self.experiments:
+            state = read_json(self.storage_uri, _state_path(model))
+            if state is not None and state["configured"] == wanted:
+                self.experiments[model] = Experiment.from_dict(state["experiment"], self.settings[model])
+                self.configured[model] = wanted
+                return
+        elif self.configured.get(model) == wanted:
+            return
+        current = self.experiments.get(model)
+        same_pair = current is not None and (current.traffic.champion, current.traffic.challenger) == (
+            traffic.champion,
+            traffic.challenger,
+        )
+        if same_pair and current.status == "running":
+            current.traffic = traffic  # new weights or shadows: the statistics go on
+        else:
+            self.experiments[model] = Experiment(model, traffic, self.settings[model], started_at=self.clock())
+        self.configured[model] = wanted
+        self.save(model)
+
+    def traffic(self) -> dict[str, dict]:
+        """What every router should route by now (it changes on promotion and rollback)."""
+        return {model: experiment.traffic.model_dump() for model, experiment in self.experiments.items()}
+
+    # -- events and feedback -------------------------------------------------------------
+
+    def record(self, events: list[dict[str, Any]]) -> list[dict]:
+        """Request events from the routers; returns the decisions they triggered."""
+        touched = set()
+        for event in events:
+            experiment = self.experiments.get(event["model"])
+            if experiment is None:
+                continue
+            experiment.record_request(event["version"], event["latency_ms"], event["error"])
+            self._remember(event["request_id"], event["model"], event["version"], event.get("score"))
+            touched.add(event["model"])
+        decisions = self._evaluate(touched)
+        for model in touched:
+            self.save(model, throttle=True)
+        return decisions
+
+    def _remember(self, request_id: str, model: str, version: int, score: float | None) -> None:
+        self.requests[request_id] = (model, version, score)
+        if len(self.requests) > self.max_tracked_requests:
+            self.requests.popitem(last=False)
+
+    def feedback(self, model: str, request_id: Any, reward: Any = None, label: Any = None) -> dict:
+        """Record an outcome; an id the store does not know is kept in the log and counted."""
+        if model not in self.experiments:
+            raise ModelNotFound(f"model '{model}' has no experiment to take feedback")
+        if not isinstance(request_id, str) or not request_id or len(request_id) > 256:
+            raise InvalidInput("'id' must be the request id: a non-empty string of at most 256 characters")
+        if (reward is None) == (label is None):
+            raise InvalidInput("give exactly one of 'reward' (a number) or 'label'")
+        if reward is not None and (isinstance(reward, bool) or not isinstance(reward, (int, float))):
+            raise InvalidInput(f"'reward' must be a number, got {reward!r}")
+        if reward is not None and not math.isfinite(reward):
+            raise InvalidInput("'reward' must be finite")
+        if label is not None and not isinstance(label, (bool, int, str)):
+            raise InvalidInput("'label' must be a boolean, an integer or a string")
+        entry = self.requests.get(request_id)
+        known = entry is not None and entry[0] == model
+        self.feedback_log.record(
+            FEEDBACK,
+            {"request_id": request_id, "time": utc_now(), "model": model,
+             "reward": None if reward is None else float(reward), "label": None if label is None else str(label),
+             "known": known},
+        )  # fmt: skip
+        if not known:
+            self.unknown_feedback[model] += 1
+            return {"id": request_id, "known": False}
+        _, version, score = entry
+        outcome = self._outcome(model, reward, label, score)
+        if outcome is not None:
+            self.experiments[model].record_outcome(version, outcome)
+        decisions = self._evaluate({model})
+        self.save(model, throttle=not decisions)
+        return {"id": request_id, "known": True, "version": str(version)}
+
+    def _outcome(self, model: str, reward: Any, label: Any, score: float | None) -> float | None:
+        """The metric's value for one request: the reward, or 1/0 for a correct/incorrect prediction."""
+        if self.settings[model].metric == "reward":
+            return None if reward is None else float(reward)
+        if label is None or score is None:
+            return None
+        positive = label in (True, 1, "1", "true", "True")
+        return 1.0 if (score >= 0.5) == positive else 0.0
+
+    def _evaluate(self, models: set[str]) -> list[dict]:
+        decisions = []
+        for model in models:
+            decision = self.experiments[model].evaluate(self.clock())
+            if decision is not None:
+                decisions.append(decision)
+                self.save(model)
+        return decisions
+
+    # -- ops -------------------------------------------------------------------------------
+
+    def _experiment(self, model: str) -> Experiment:
+        experiment = self.experiments.get(model)
+        if experiment is None:
+            raise ModelNotFound(f"model '{model}' has no experiment")
+        return experiment
+
+    def summary(self, model: str) -> dict:
+        summary = self._experiment(model).summary()
+        summary["unknown_feedback"] = self.unknown_feedback[model]
+        return summary
+
+    def promote(self, model: str, reason: str, who: str) -> dict:
+        entry = self._experiment(model).promote(self.clock(), reason, who)
+        self.save(model)
+        return entry
+
+    def rollback(self, model: str, reason: str, who: str) -> dict:
+        entry = self._experiment(model).rollback(self.clock(), reason, who)
+        self.save(model)
+        return entry
+
+    def save(self, model: str, throttle: bool = False) -> None:
+        """Persist a model's experiment; throttled saves wait for flush() at most SAVE_INTERVAL_S."""
+        now = self.clock()
+        if throttle and now - self._saved_at.get(model, 0.0) < SAVE_INTERVAL_S:
+            self._unsaved.add(model)
+            return
+        document = {"configured": self.configured[model], "experiment": self.experiments[model].to_dict()}
+        write_json(self.storage_uri, _state_path(model), document)
+        self._saved_at[model] = now
+        self._unsaved.discard(model)
+
+    def flush(self) -> None:
+        """Write what throttling held back, and the feedback log: called periodically and at shutdown."""
+        for model in list(self._unsaved):
+            self.save(model)
+        self.feedback_log.flush()

@@ -1,0 +1,170 @@
+"""Buffered Parquet logs of predictions and feedback, written through pyarrow.fs.
+
+Rows are appended in memory on the request path (a list append) and written in batches by
+`flush()`, which a deployment calls from a background task and once more at shutdown. Each
+flush writes one file per partition, <root>/<table>/model=<m>/date=<YYYY-MM-DD>/<writer>-<n>.parquet,
+under a hidden name first and renamed when complete, so readers never see half a file. When
+storage fails, rows stay buffered (bounded) and are written once it is back; what the bound
+forces out is counted.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+import logging
+import threading
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs
+import pyarrow.parquet as pq
+
+from serve_app.storage import open_storage
+
+logger = logging.getLogger("serve_app.predlog")
+
+PREDICTIONS = "predictions"
+FEEDBACK = "feedback"
+
+PREDICTION_SCHEMA = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("time", pa.timestamp("us", tz="UTC")),
+        ("model", pa.string()),
+        ("version", pa.int64()),
+        ("role", pa.string()),
+        ("inputs", pa.string()),
+        ("outputs", pa.string()),
+        ("score", pa.float64()),
+        ("latency_ms", pa.float64()),
+        ("status", pa.string()),
+    ]
+)
+FEEDBACK_SCHEMA = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("time", pa.timestamp("us", tz="UTC")),
+        ("model", pa.string()),
+        ("reward", pa.float64()),
+        ("label", pa.string()),
+        ("known", pa.bool_()),
+    ]
+)
+SCHEMAS = {PREDICTIONS: PREDICTION_SCHEMA, FEEDBACK: FEEDBACK_SCHEMA}
+
+
+def tensors_as_json(tensors: dict[str, np.ndarray]) -> str:
+    """Raw tensors as JSON text: the log keeps what the client sent, whatever the model."""
+    return json.dumps({name: _jsonable(array) for name, array in tensors.items()}, separators=(",", ":"))
+
+
+def _jsonable(array: np.ndarray) -> list:
+    if array.dtype.kind == "O":
+        return [v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else v for v in array.ravel().tolist()]
+    if array.dtype.kind == "f":
+        return [None if not np.isfinite(v) else v for v in array.ravel().tolist()]
+    return array.ravel().tolist()
+
+
+def first_score(outputs: dict[str, np.ndarray]) -> float | None:
+    """The first element of the first numeric output: the score a report compares across versions."""
+    for array in outputs.values():
+        if array.size and array.dtype.kind in "fiub":
+            return float(array.ravel()[0])
+    return None
+
+
+class ParquetLog:
+    def __init__(self, storage_uri: str, writer_id: str, max_buffered_rows: int = 200_000):
+        self.filesystem, self.root = open_storage(storage_uri)
+        self.writer_id = writer_id
+        self.max_buffered_rows = max_buffered_rows
+        self._rows: dict[str, list[dict]] = defaultdict(list)
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._sequence = itertools.count()
+        self.written = 0
+        self.dropped = 0
+        self.failures = 0
+        self.last_error: str | None = None
+
+    def record(self, table: str, row: dict[str, Any]) -> None:
+        with self._lock:
+            buffered = self._rows[table]
+            if len(buffered) >= self.max_buffered_rows:
+                # Storage has been away too long: drop the oldest tenth at once (amortised O(1)).
+                excess = max(1, self.max_buffered_rows // 10)
+                del buffered[:excess]
+                self.dropped += excess
+            buffered.append(row)
+
+    @property
+    def buffered(self) -> int:
+        with self._lock:
+            return sum(len(rows) for rows in self._rows.values())
+
+    def flush(self) -> int:
+        """Write everything buffered; returns rows written. Safe to call from any thread."""
+        with self._flush_lock:
+            with self._lock:
+                pending, self._rows = self._rows, defaultdict(list)
+            written = 0
+            for table, rows in pending.items():
+                for partition, part in _partitions(rows).items():
+                    try:
+                        self._write(table, partition, part)
+                    except Exception as error:  # storage of any kind can fail in many ways
+                        self.failures += 1
+                        self.last_error = f"{type(error).__name__}: {error}"
+                        logger.warning("prediction log: writing %d rows failed, kept for retry: %s", len(part), error)
+                        with self._lock:
+                            self._rows[table][:0] = part
+                        continue
+                    written += len(part)
+            self.written += written
+            return written
+
+    def _write(self, table: str, partition: tuple[str, str], rows: list[dict]) -> None:
+        model, date = partition
+        folder = f"{self.root}/{table}/model={model}/date={date}"
+        self.filesystem.create_dir(folder, recursive=True)
+        name = f"{self.writer_id}-{next(self._sequence):06d}.parquet"
+        arrow_table = pa.Table.from_pylist(rows, schema=SCHEMAS[table])
+        pq.write_table(arrow_table, f"{folder}/.{name}", filesystem=self.filesystem)
+        self.filesystem.move(f"{folder}/.{name}", f"{folder}/{name}")
+
+    def stats(self) -> dict:
+        return {
+            "written": self.written,
+            "buffered": self.buffered,
+            "dropped": self.dropped,
+            "failures": self.failures,
+            "last_error": self.last_error,
+        }
+
+
+def _partitions(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    parts: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for row in rows:
+        parts[(row["model"], row["time"].date().isoformat())].append(row)
+    return parts
+
+
+def read_table(storage_uri: str, table: str, model: str | None = None) -> pa.Table:
+    """Everything logged in a table (optionally for one model), for reports and tests."""
+    filesystem, root = open_storage(storage_uri)
+    folder = f"{root}/{table}"
+    if model is not None:
+        folder += f"/model={model}"
+    if filesystem.get_file_info(folder).type == pyarrow.fs.FileType.NotFound:
+        return SCHEMAS[table].empty_table()
+    dataset = pq.ParquetDataset(folder, filesystem=filesystem, schema=SCHEMAS[table])
+    return dataset.read()
+
+
+def utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)

@@ -1,0 +1,40 @@
+"""The storage URI: a local folder by default, any pyarrow.fs URI (s3://, gs://, ...) otherwise.
+
+State that must survive a restart (experiment state, logs) goes here, never to a replica's disk.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs
+
+
+def open_storage(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """A pyarrow filesystem and root path for a storage URI; a plain path is a local folder."""
+    if "://" not in uri:
+        uri = str(Path(uri).resolve())
+    return pyarrow.fs.FileSystem.from_uri(uri)
+
+
+def write_json(uri: str, relative_path: str, document: Any) -> None:
+    """Replace a JSON document atomically: written under a hidden name, then moved into place."""
+    filesystem, root = open_storage(uri)
+    path = f"{root}/{relative_path}"
+    folder, _, name = path.rpartition("/")
+    filesystem.create_dir(folder, recursive=True)
+    with filesystem.open_output_stream(f"{folder}/.{name}") as stream:
+        stream.write(json.dumps(document, indent=1).encode())
+    filesystem.move(f"{folder}/.{name}", path)
+
+
+def read_json(uri: str, relative_path: str) -> Any | None:
+    """The JSON document at that path, or None when there is none yet."""
+    filesystem, root = open_storage(uri)
+    path = f"{root}/{relative_path}"
+    if filesystem.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+        return None
+    with filesystem.open_input_stream(path) as stream:
+        return json.loads(stream.read())

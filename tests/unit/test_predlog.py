@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.fs
+import pytest
+
+from serve_app.predlog import FEEDBACK, PREDICTIONS, ParquetLog, first_score, read_table, tensors_as_json, utc_now
+from serve_app.storage import read_json, write_json
+
+
+def _row(i: int, model: str = "fraud") -> dict:
+    return {
+        "request_id": f"r{i}", "time": utc_now(), "model": model, "version": 1, "role": "champion",
+        "inputs": tensors_as_json({"amount": np.array([1.5], np.float32), "country": np.array([b"US"], dtype=object)}),
+        "outputs": tensors_as_json({"p": np.array([0.25], np.float32)}), "score": 0.25, "latency_ms": 3.0,
+        "status": "ok",
+    }  # fmt: skip
+
+
+def test_rows_are_written_once_partitioned_by_model_and_date(tmp_path):
+    log = ParquetLog(str(tmp_path), "router-a")
+    for i in range(10):
+        log.record(PREDICTIONS, _row(i, "fraud" if i < 7 else "dense"))
+    assert log.flush() == 10 and log.flush() == 0
+    table = read_table(str(tmp_path), PREDICTIONS, "fraud")
+    assert sorted(table.column("request_id").to_pylist()) == sorted(f"r{i}" for i in range(7))
+    assert read_table(str(tmp_path), PREDICTIONS).num_rows == 10
+    folder = tmp_path / PREDICTIONS / "model=fraud" / f"date={utc_now().date().isoformat()}"
+    assert [p.name for p in folder.iterdir()] == ["router-a-000000.parquet"]  # no hidden leftovers
+
+
+def test_inputs_are_kept_as_sent():
+    assert (
+        tensors_as_json({"a": np.array([1, 2]), "b": np.array([b"\xff"], dtype=object)})
+        == '{"a":[1,2],"b":["\\\\xff"]}'
+    )
+    assert first_score({"s": np.array([0.75, 0.1], np.float32)}) == 0.75
+    assert first_score({"s": np.array([b"x"], dtype=object)}) is None
+
+
+def test_unwritable_storage_keeps_rows_until_it_is_back(tmp_path):
+    log = ParquetLog(str(tmp_path), "w")
+    log.record(PREDICTIONS, _row(1))
+    blocker = tmp_path / PREDICTIONS
+    blocker.write_text("a file where the folder should be")
+    assert log.flush() == 0
+    assert log.stats()["failures"] == 1 and log.buffered == 1 and "Error" in log.stats()["last_error"]
+    blocker.unlink()
+    log.record(PREDICTIONS, _row(2))
+    assert log.flush() == 2
+    assert sorted(read_table(str(tmp_path), PREDICTIONS).column("request_id").to_pylist()) == ["r1", "r2"]
+
+
+def test_buffer_is_bounded_and_drops_are_counted(tmp_path):
+    log = ParquetLog(str(tmp_path / "nowhere" / "x"), "w", max_buffered_rows=100)
+    for i in range(250):
+        log.record(
+            FEEDBACK,
+            {"request_id": f"r{i}", "time": utc_now(), "model": "m", "reward": 1.0, "label": None, "known": True},
+        )
+    assert log.buffered <= 100 and log.dropped >= 150
+
+
+def test_json_state_round_trips_through_pyarrow_fs(tmp_path):
+    assert read_json(str(tmp_path), "experiments/fraud.json") is None
+    write_json(str(tmp_path), "experiments/fraud.json", {"champion": 2})
+    write_json(f"file://{tmp_path}", "experiments/fraud.json", {"champion": 1})  # a URI works the same
+    assert read_json(str(tmp_path), "experiments/fraud.json") == {"champion": 1}
+    assert [p.name for p in (tmp_path / "experiments").iterdir()] == ["fraud.json"]
+
+
+def test_unknown_storage_scheme_is_refused():
+    with pytest.raises(pyarrow.ArrowInvalid):
+        ParquetLog("nosuchscheme://bucket/x", "w")
