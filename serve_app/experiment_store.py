@@ -41,7 +41,9 @@ class ExperimentStore:
         self.experiments: dict[str, Experiment] = {}
         self.configured: dict[str, dict] = {}
         self.requests: OrderedDict[str, tuple[str, int, float | None]] = OrderedDict()
-        self.unknown_feedback: Counter = Counter()
+        # Feedback may overtake its request's event (routers ship events once a second): it waits here.
+        self.waiting_feedback: OrderedDict[str, tuple[str, Any, Any]] = OrderedDict()
+        self.unmatched_feedback: Counter = Counter()
         self.feedback_log = ParquetLog(storage_uri, "experiment-store")
         self._saved_at: dict[str, float] = {}
         self._unsaved: set[str] = set()
@@ -88,6 +90,9 @@ class ExperimentStore:
                 continue
             experiment.record_request(event["version"], event["latency_ms"], event["error"])
             self._remember(event["request_id"], event["model"], event["version"], event.get("score"))
+            waiting = self.waiting_feedback.pop(event["request_id"], None)
+            if waiting is not None and waiting[0] == event["model"]:
+                self._apply_outcome(event["model"], event["version"], event.get("score"), *waiting[1:])
             touched.add(event["model"])
         decisions = self._evaluate(touched)
         for model in touched:
@@ -100,7 +105,8 @@ class ExperimentStore:
             self.requests.popitem(last=False)
 
     def feedback(self, model: str, request_id: Any, reward: Any = None, label: Any = None) -> dict:
-        """Record an outcome; an id the store does not know is kept in the log and counted."""
+        """Record an outcome. An id the store does not know yet is logged, counted, and kept
+        waiting: if its request's event arrives later, the outcome still counts."""
         if model not in self.experiments:
             raise ModelNotFound(f"model '{model}' has no experiment to take feedback")
         if not isinstance(request_id, str) or not request_id or len(request_id) > 256:
@@ -122,15 +128,21 @@ class ExperimentStore:
              "known": known},
         )  # fmt: skip
         if not known:
-            self.unknown_feedback[model] += 1
+            self.waiting_feedback[request_id] = (model, reward, label)
+            if len(self.waiting_feedback) > self.max_tracked_requests:
+                evicted_model = self.waiting_feedback.popitem(last=False)[1][0]
+                self.unmatched_feedback[evicted_model] += 1
             return {"id": request_id, "known": False}
         _, version, score = entry
-        outcome = self._outcome(model, reward, label, score)
-        if outcome is not None:
-            self.experiments[model].record_outcome(version, outcome)
+        self._apply_outcome(model, version, score, reward, label)
         decisions = self._evaluate({model})
         self.save(model, throttle=not decisions)
         return {"id": request_id, "known": True, "version": str(version)}
+
+    def _apply_outcome(self, model: str, version: int, score: float | None, reward: Any, label: Any) -> None:
+        outcome = self._outcome(model, reward, label, score)
+        if outcome is not None:
+            self.experiments[model].record_outcome(version, outcome)
 
     def _outcome(self, model: str, reward: Any, label: Any, score: float | None) -> float | None:
         """The metric's value for one request: the reward, or 1/0 for a correct/incorrect prediction."""
@@ -160,7 +172,8 @@ class ExperimentStore:
 
     def summary(self, model: str) -> dict:
         summary = self._experiment(model).summary()
-        summary["unknown_feedback"] = self.unknown_feedback[model]
+        waiting = sum(1 for entry in self.waiting_feedback.values() if entry[0] == model)
+        summary["unknown_feedback"] = waiting + self.unmatched_feedback[model]
         return summary
 
     def promote(self, model: str, reason: str, who: str) -> dict:

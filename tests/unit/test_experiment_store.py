@@ -88,6 +88,14 @@ def test_counts_are_persisted_within_a_second_without_a_decision(tmp_path):
     assert restarted.summary("fraud")["arms"]["champion"]["requests"] == 10
 
 
+def test_feedback_that_overtakes_its_request_still_counts(tmp_path):
+    store = _store(tmp_path)
+    assert store.feedback("fraud", "early", reward=1.0)["known"] is False
+    store.record([{"model": "fraud", "request_id": "early", "version": 2, "latency_ms": 1.0, "error": False}])
+    arm = store.summary("fraud")["arms"]["challenger"]
+    assert (arm["outcomes"], arm["mean"]) == (1, 1.0) and store.summary("fraud")["unknown_feedback"] == 0
+
+
 def test_unknown_ids_are_kept_and_reported(tmp_path):
     store = _store(tmp_path)
     assert store.feedback("fraud", "never-seen", reward=1.0) == {"id": "never-seen", "known": False}
