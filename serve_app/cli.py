@@ -29,6 +29,21 @@ def _repository_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shadow_report(args: argparse.Namespace) -> int:
+    from serve_app.shadow_report import compare, load_logs, render_html
+
+    predictions, feedback = load_logs(args.storage, args.model)
+    if predictions.empty:
+        print(f"serve-app: no predictions of model '{args.model}' under {args.storage}", file=sys.stderr)
+        return 1
+    report = compare(predictions, feedback)
+    with open(args.out, "w") as out:
+        out.write(render_html(args.model, report, predictions))
+    print(json.dumps(report, indent=1))
+    print(f"report written to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="serve-app", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -46,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--repository", default="model_repository")
     check.add_argument("--model", action="append", help="model to check (repeatable); default: all")
     check.set_defaults(run=_repository_check)
+
+    shadow = commands.add_parser("shadow-report", help="compare shadow and production on the logged traffic")
+    shadow.add_argument("--storage", required=True, help="storage URI of the prediction log")
+    shadow.add_argument("--model", required=True)
+    shadow.add_argument("--out", default="shadow_report.html")
+    shadow.set_defaults(run=_shadow_report)
     return parser
 
 

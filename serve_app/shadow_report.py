@@ -1,0 +1,145 @@
+"""Shadow versus production on the logged traffic: agreement, score distance, metrics, latency.
+
+Reads the prediction and feedback logs (Parquet under the storage URI), pairs each shadow
+prediction with the production answer to the same request, and reports per shadow version.
+`serve-app shadow-report` writes it as HTML with plots; notebooks/shadow_evaluation.ipynb
+calls the same functions.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from serve_app.predlog import FEEDBACK, PREDICTIONS, read_table
+
+PRODUCTION_ROLES = ("champion", "challenger", "direct")
+DECISION_THRESHOLD = 0.5
+
+
+def load_logs(storage_uri: str, model: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    predictions = read_table(storage_uri, PREDICTIONS, model).to_pandas()
+    feedback = read_table(storage_uri, FEEDBACK, model).to_pandas()
+    return predictions, feedback
+
+
+def paired(predictions: pd.DataFrame) -> pd.DataFrame:
+    """One row per (request, shadow version): the shadow's and production's answer side by side."""
+    production = predictions[predictions["role"].isin(PRODUCTION_ROLES) & (predictions["status"] == "ok")]
+    shadow = predictions[predictions["role"] == "shadow"]
+    columns = ["request_id", "version", "score", "latency_ms", "status"]
+    return shadow[columns].merge(
+        production[columns[:4]], on="request_id", suffixes=("_shadow", "_production"), how="inner"
+    )
+
+
+def _labels(feedback: pd.DataFrame) -> pd.Series:
+    """The last label given for each request id, as 0/1."""
+    labelled = feedback.dropna(subset=["label"]).drop_duplicates("request_id", keep="last")
+    positive = labelled["label"].isin(["True", "true", "1"])
+    return pd.Series(positive.astype(int).to_numpy(), index=labelled["request_id"].to_numpy())
+
+
+def compare(predictions: pd.DataFrame, feedback: pd.DataFrame) -> dict[str, Any]:
+    from scipy.stats import ks_2samp, wasserstein_distance
+    from sklearn.metrics import roc_auc_score
+
+    pairs = paired(predictions)
+    labels = _labels(feedback)
+    report: dict[str, Any] = {"shadow_versions": {}, "latency_ms": {}}
+    for (role, version), group in predictions.groupby(["role", "version"]):
+        latency = group["latency_ms"].to_numpy()
+        report["latency_ms"][f"{role} v{version}"] = {
+            "requests": len(group),
+            "failures": int((group["status"] != "ok").sum()),
+            "p50": round(float(np.percentile(latency, 50)), 3),
+            "p99": round(float(np.percentile(latency, 99)), 3),
+        }
+    for version, group in pairs.groupby("version_shadow"):
+        ok = group[group["status"] == "ok"].dropna(subset=["score_shadow", "score_production"])
+        entry: dict[str, Any] = {
+            "mirrored": len(group),
+            "shadow_failures": int((group["status"] != "ok").sum()),
+            "compared": len(ok),
+        }
+        if len(ok):
+            shadow, production = ok["score_shadow"].to_numpy(), ok["score_production"].to_numpy()
+            entry |= {
+                "agreement_rate": float(np.mean((shadow >= DECISION_THRESHOLD) == (production >= DECISION_THRESHOLD))),
+                "mean_abs_score_difference": float(np.mean(np.abs(shadow - production))),
+                "ks_statistic": float(ks_2samp(shadow, production).statistic),
+                "wasserstein_distance": float(wasserstein_distance(shadow, production)),
+            }
+            known = ok[ok["request_id"].isin(labels.index)]
+            y = labels.loc[known["request_id"]].to_numpy()
+            if len(known) and 0 < y.sum() < len(y):
+                auc_shadow = roc_auc_score(y, known["score_shadow"])
+                auc_production = roc_auc_score(y, known["score_production"])
+                entry["auc"] = {
+                    "labelled": len(known),
+                    "shadow": round(float(auc_shadow), 6),
+                    "production": round(float(auc_production), 6),
+                    "delta": round(float(auc_shadow - auc_production), 6),
+                }
+        report["shadow_versions"][str(version)] = entry
+    return report
+
+
+def render_html(model: str, report: dict[str, Any], predictions: pd.DataFrame) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = paired(predictions).dropna(subset=["score_shadow", "score_production"])
+    figures = []
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for (role, version), group in predictions.dropna(subset=["score"]).groupby(["role", "version"]):
+        axes[0].hist(group["score"], bins=40, alpha=0.5, density=True, label=f"{role} v{version}")
+    axes[0].set(title="Score distributions", xlabel="score")
+    axes[0].legend()
+    axes[1].scatter(pairs["score_production"], pairs["score_shadow"], s=4, alpha=0.4)
+    axes[1].plot([0, 1], [0, 1], color="grey", linewidth=1)
+    axes[1].set(title="Same requests", xlabel="production score", ylabel="shadow score")
+    figures.append(_png(figure))
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    groups = list(predictions.groupby(["role", "version"]))
+    axis.boxplot([g["latency_ms"] for _, g in groups], tick_labels=[f"{r} v{v}" for (r, v), _ in groups])
+    axis.set(title="Latency per version", ylabel="ms")
+    figures.append(_png(figure))
+    plt.close("all")
+    rows = []
+    for version, entry in report["shadow_versions"].items():
+        auc = entry.get("auc", {})
+        cells = [f"v{version}", entry["mirrored"], entry["shadow_failures"]]
+        cells += [f"{entry[k]:.4f}" if k in entry else "" for k in ("agreement_rate", "ks_statistic")]
+        cells += [auc.get(k, "") for k in ("shadow", "production", "delta")]
+        rows.append(_row(cells))
+    latency_rows = "".join(
+        _row([name, v["requests"], v["failures"], v["p50"], v["p99"]]) for name, v in report["latency_ms"].items()
+    )
+    images = "".join(f'<img src="data:image/png;base64,{image}"/>' for image in figures)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Shadow report: {html.escape(model)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px}}</style>
+</head><body><h1>Shadow report: {html.escape(model)}</h1>
+<h2>Shadow versus production, on the same requests</h2>
+<table><tr><th>shadow</th><th>mirrored</th><th>failures</th><th>agreement</th><th>KS</th>
+<th>AUC shadow</th><th>AUC production</th><th>AUC delta</th></tr>{"".join(rows)}</table>
+<h2>Latency</h2><table><tr><th>version</th><th>requests</th><th>failures</th><th>p50 ms</th><th>p99 ms</th></tr>
+{latency_rows}</table>{images}</body></html>"""
+
+
+def _row(cells: list) -> str:
+    return "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in cells) + "</tr>"
+
+
+def _png(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode()
