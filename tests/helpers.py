@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+import yaml
+from ray import serve
 
 from serve_app.protocol.raw import tensor_to_raw
 from serve_app.protocol.tensors import datatype_of
@@ -21,3 +28,17 @@ def binary_body(tensors: dict[str, np.ndarray], **document) -> tuple[bytes, int]
         chunks.append(raw)
     header = json.dumps({"inputs": inputs, **document}).encode()
     return header + b"".join(chunks), len(header)
+
+
+def serve_deploy(dashboard_url: str, application: dict, config_path: Path, ready: Callable[[], bool]) -> None:
+    """`serve deploy` one application, as ops do, and wait until it runs and `ready()` holds."""
+    config_path.write_text(yaml.safe_dump({"applications": [application]}))
+    serve_cli = str(Path(sys.executable).parent / "serve")
+    subprocess.run([serve_cli, "deploy", str(config_path), "--address", dashboard_url], check=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = serve.status().applications.get(application["name"])
+        if status is not None and status.status == "RUNNING" and ready():
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"'{application['name']}' did not become ready: {serve.status()}")

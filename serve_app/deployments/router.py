@@ -48,14 +48,15 @@ from serve_app.protocol.rest import (
     render_infer_response,
 )
 from serve_app.repository import ModelRepository, ModelVersion
-from serve_app.traffic import ROUTING_KEY_HEADER, TrafficController
+from serve_app.runtime.batching import merge_rows, split_rows
+from serve_app.traffic import ROUTING_KEY_HEADER, ShadowQueue, TrafficController
 
 logger = logging.getLogger("ray.serve")
 READY_TIMEOUT_S = 5.0
 BACKGROUND_INTERVAL_S = 1.0
 SHADOW_TIMEOUT_S = 10.0
-MAX_SHADOW_CALLS = 256
-"""Mirrored calls in flight per router replica; beyond it mirroring is skipped and counted."""
+SHADOW_WINDOW_S = 0.2
+"""How long mirrored requests gather before they go to their shadow version in one call."""
 ADMIN_TOKEN_ENV = "SERVE_APP_ADMIN_TOKEN"
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 HEADER_LENGTH = "inference-header-content-length"
@@ -217,11 +218,12 @@ class Router:
         self.experiments = experiments
         for model, traffic in (initial_traffic or {}).items():
             self.traffic.set_traffic(model, TrafficSettings.model_validate(traffic))
+        self.shadows = ShadowQueue()
         self._shadow_calls: set[asyncio.Task] = set()
-        self.shadow_skipped = 0
         if experiments is not None:
             await self._sync_with_experiments()  # a restarted app routes by the persisted state at once
         self._background = asyncio.create_task(self._background_loop())
+        self._mirroring = asyncio.create_task(self._mirror_loop())
 
     # -- REST --------------------------------------------------------------------------
 
@@ -313,27 +315,39 @@ class Router:
 
     def _mirror(self, model: str, version: int, inference: InferenceRequest) -> None:
         """Fire and forget: the client's answer never waits for, or depends on, a shadow."""
-        if len(self._shadow_calls) >= MAX_SHADOW_CALLS:
-            self.shadow_skipped += 1
-            return
-        task = asyncio.create_task(self._shadow(model, version, inference))
-        self._shadow_calls.add(task)
-        task.add_done_callback(self._shadow_calls.discard)
+        self.shadows.add(model, version, inference)
 
-    async def _shadow(self, model: str, version: int, inference: InferenceRequest) -> None:
-        start = time.perf_counter()
-        mirrored = InferenceRequest(inputs=inference.inputs, id=inference.id)
-        try:
-            response = await asyncio.wait_for(self.dataplane.infer(model, str(version), mirrored), SHADOW_TIMEOUT_S)
-        except Exception as error:
-            self.traffic.shadow_failures += 1
-            if self.traffic.shadow_failures % 100 == 1:  # the first failure, then every hundredth
-                logger.warning(
-                    "shadow %s v%s failed (%d so far): %r", model, version, self.traffic.shadow_failures, error
-                )
-            self.traffic.record(model, version, "shadow", mirrored, None, _ms(start), type(error).__name__)
-            return
-        self.traffic.record(model, version, "shadow", mirrored, response.outputs, _ms(start), "ok")
+    async def _mirror_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SHADOW_WINDOW_S)
+            self._send_shadows()
+
+    def _send_shadows(self) -> None:
+        for (model, version), requests in self.shadows.take().items():
+            task = asyncio.create_task(self._shadow(model, version, requests))
+            self._shadow_calls.add(task)
+            task.add_done_callback(self._shadow_calls.discard)
+
+    async def _shadow(self, model: str, version: int, requests: list[InferenceRequest]) -> None:
+        """One call for a batch of mirrored requests (in chunks the version accepts); each is logged."""
+        step = self.dataplane.endpoint(model, str(version)).max_batch_size
+        for first in range(0, len(requests), step):
+            chunk = requests[first : first + step]
+            start = time.perf_counter()
+            try:
+                merged, rows = merge_rows([r.inputs for r in chunk])
+                call = self.dataplane.infer(model, str(version), InferenceRequest(inputs=merged))
+                outputs = split_rows((await asyncio.wait_for(call, SHADOW_TIMEOUT_S)).outputs, rows)
+            except Exception as error:
+                before = self.traffic.shadow_failures
+                self.traffic.shadow_failures += len(chunk)
+                if before == 0 or before // 100 != self.traffic.shadow_failures // 100:  # first, then per hundred
+                    logger.warning("shadow %s v%s failed (%d so far): %r", model, version, before + len(chunk), error)
+                for request in chunk:
+                    self.traffic.record(model, version, "shadow", request, None, _ms(start), type(error).__name__)
+                continue
+            for request, answer in zip(chunk, outputs):
+                self.traffic.record(model, version, "shadow", request, answer, _ms(start), "ok")
 
     async def _background_loop(self) -> None:
         while True:
@@ -362,6 +376,8 @@ class Router:
     async def __del__(self):
         """Graceful shutdown: the last events and log rows are written, not lost."""
         self._background.cancel()
+        self._mirroring.cancel()
+        self._send_shadows()
         await asyncio.gather(*self._shadow_calls, return_exceptions=True)
         try:
             await self._sync_with_experiments()

@@ -43,6 +43,19 @@ def total_rows(requests: list[dict[str, np.ndarray]]) -> int:
     return sum(batch_size(r) for r in requests)
 
 
+def merge_rows(requests: list[dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], list[int]]:
+    """Several requests' tensors as one, and how many rows each brought."""
+    rows = [batch_size(r) for r in requests]
+    return {name: np.concatenate([r[name] for r in requests]) for name in requests[0]}, rows
+
+
+def split_rows(outputs: dict[str, np.ndarray], rows: list[int]) -> list[dict[str, np.ndarray]]:
+    """The inverse of merge_rows, for the answers."""
+    bounds = np.cumsum(rows)[:-1]
+    pieces = {name: np.split(value, bounds) for name, value in outputs.items()}
+    return [{name: pieces[name][i] for name in pieces} for i in range(len(rows))]
+
+
 def predict_many(
     runner: Runner, requests: list[dict[str, np.ndarray]], stats: BatchStats
 ) -> list[dict[str, np.ndarray]]:
@@ -51,10 +64,7 @@ def predict_many(
         outputs = [runner.run(requests[0])]
         stats.record(batch_size(requests[0]), 1)
         return outputs
-    rows = [batch_size(r) for r in requests]
-    merged = {name: np.concatenate([r[name] for r in requests]) for name in requests[0]}
+    merged, rows = merge_rows(requests)
     result = runner.run(merged)
     stats.record(sum(rows), len(requests))
-    bounds = np.cumsum(rows)[:-1]
-    pieces = {name: np.split(value, bounds) for name, value in result.items()}
-    return [{name: pieces[name][i] for name in pieces} for i in range(len(requests))]
+    return split_rows(result, rows)

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import numpy as np
-import yaml
 from ray import serve
 
 from serve_app.demo import request_columns, synthetic_transactions
 from serve_app.protocol.rest import request_body
 from tests.conftest import APP_NAME
+from tests.helpers import serve_deploy
 
 
 async def _concurrent_requests(base_url: str, count: int, prefix: str = "") -> list[int]:
@@ -58,32 +54,20 @@ def test_pipeline_through_handles_matches_http(served, client):
 
 
 def _deploy(cluster, root, config_path, **batching) -> None:
-    """`serve deploy` a config whose user_config sets the batching knobs, and wait until it runs."""
-    config = {
-        "applications": [
-            {
-                "name": "tuning",
-                "route_prefix": "/tuning",
-                "import_path": "graphs.single_model:build_app",
-                "args": {"repository": str(root), "models": ["fraud"]},
-                "deployments": [{"name": "fraud-v2-model", "user_config": batching}],
-            }
-        ]
+    """`serve deploy` a config whose user_config sets the batching knobs, and wait until they apply."""
+    application = {
+        "name": "tuning",
+        "route_prefix": "/tuning",
+        "import_path": "graphs.single_model:build_app",
+        "args": {"repository": str(root), "models": ["fraud"]},
+        "deployments": [{"name": "fraud-v2-model", "user_config": batching}],
     }
-    config_path.write_text(yaml.safe_dump(config))
-    subprocess.run(
-        [str(Path(sys.executable).parent / "serve"), "deploy", str(config_path), "--address", cluster.dashboard_url],
-        check=True,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        application = serve.status().applications.get("tuning")
-        if application is not None and application.status == "RUNNING":
-            handle = serve.get_deployment_handle("fraud-v2-model", app_name="tuning")
-            if handle.batch_stats.remote().result()["max_batch_size"] == batching["max_batch_size"]:
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"'tuning' did not reach RUNNING with {batching}: {serve.status()}")
+
+    def applied() -> bool:
+        handle = serve.get_deployment_handle("fraud-v2-model", app_name="tuning")
+        return handle.batch_stats.remote().result()["max_batch_size"] == batching["max_batch_size"]
+
+    serve_deploy(cluster.dashboard_url, application, config_path, applied)
 
 
 def test_batching_knobs_change_live_through_serve_deploy(ray_cluster, demo_repository, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -19,6 +20,7 @@ from serve_app.demo import request_columns, synthetic_transactions
 from serve_app.predlog import PREDICTIONS, read_table
 from serve_app.protocol.rest import request_body
 from tests.conftest import ADMIN_TOKEN
+from tests.helpers import serve_deploy
 
 APP = "experiment"
 PREFIX = "/experiment"
@@ -171,3 +173,47 @@ def test_a_restart_keeps_the_experiment_and_the_log_is_exact(app, client, experi
     after = summary(client)
     assert after["history"] == before["history"] and after["traffic"] == before["traffic"]
     assert after["arms"] == before["arms"]
+
+
+def test_weights_change_live_through_serve_deploy(ray_cluster, experiment_args, client, tmp_path):
+    """Ops edit the experiments deployment's user_config and `serve deploy` again: no replica restarts."""
+    args = {**experiment_args, "storage_uri": str(tmp_path / "storage")}
+    traffic = {"champion": 1, "challenger": 2, "challenger_weight": 0.0, "shadows": [], "shadow_fraction": 0.0}
+    args["experiments"] = {"fraud": {"traffic": traffic}}
+
+    def application(weight: float) -> dict:
+        return {
+            "name": "weights",
+            "route_prefix": "/weights",
+            "import_path": "graphs.champion_challenger:build_app",
+            "args": args,
+            "deployments": [
+                {"name": "experiments", "user_config": {"traffic": {"fraud": {**traffic, "challenger_weight": weight}}}}
+            ],
+        }
+
+    def weight_is(weight: float) -> Callable[[], bool]:
+        def check() -> bool:
+            response = client.get("/weights/v2/models/fraud/experiment")
+            return response.status_code == 200 and response.json()["traffic"]["challenger"]["weight"] == weight
+
+        return check
+
+    def versions() -> set[str]:
+        time.sleep(2.5)  # routers poll the store once a second
+        answers = [
+            client.post("/weights/v2/models/fraud/infer", json=ROWS, headers={"x-routing-key": f"k{i}"})
+            for i in range(30)
+        ]
+        return {a.json()["model_version"] for a in answers}
+
+    try:
+        serve_deploy(ray_cluster.dashboard_url, application(0.0), tmp_path / "weights.yaml", weight_is(0.0))
+        model = serve.get_deployment_handle("fraud-v2-model", app_name="weights")
+        pid = model.describe.remote().result()["pid"]
+        assert versions() == {"1"}
+        serve_deploy(ray_cluster.dashboard_url, application(1.0), tmp_path / "weights.yaml", weight_is(1.0))
+        assert versions() == {"2"}
+        assert model.describe.remote().result()["pid"] == pid  # reconfigured, not restarted
+    finally:
+        serve.delete("weights")
