@@ -44,6 +44,7 @@ format: install
 bench: install
 	$(BIN)/python benchmarks/graph_latency.py
 	$(BIN)/python benchmarks/protocol_formats.py
+	$(BIN)/python benchmarks/shadow_latency.py
 
 # The gRPC modules are generated from the .proto beside them by the pinned grpcio-tools (dev extra).
 proto: install

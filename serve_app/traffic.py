@@ -111,7 +111,7 @@ class ShadowQueue:
     per batch of mirrored requests instead of one per request keeps shadows off the clients' time.
     """
 
-    def __init__(self, max_pending: int = 4096):
+    def __init__(self, max_pending: int = 20_000):
         self.max_pending = max_pending
         self._pending: dict[tuple[str, int], list[InferenceRequest]] = {}
         self.size = 0

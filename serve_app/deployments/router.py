@@ -55,7 +55,7 @@ logger = logging.getLogger("ray.serve")
 READY_TIMEOUT_S = 5.0
 BACKGROUND_INTERVAL_S = 1.0
 SHADOW_TIMEOUT_S = 10.0
-SHADOW_WINDOW_S = 0.2
+SHADOW_WINDOW_S = 1.0
 """How long mirrored requests gather before they go to their shadow version in one call."""
 ADMIN_TOKEN_ENV = "SERVE_APP_ADMIN_TOKEN"
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
