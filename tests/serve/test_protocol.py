@@ -18,7 +18,7 @@ from serve_app.protocol.generated import grpc_predict_v2_pb2 as pb
 from serve_app.protocol.generated.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 from serve_app.protocol.raw import tensor_to_raw
 from serve_app.protocol.rest import request_body
-from serve_app.protocol.tensors import NUMPY_DTYPES
+from serve_app.protocol.tensors import NUMPY_DTYPES, datatype_of
 from tests.conftest import MAX_REQUEST_BYTES
 from tests.helpers import binary_body
 
@@ -208,3 +208,15 @@ def test_schema_driven_fuzzing_finds_no_5xx(served):
 
         call()
     assert len(statuses) >= 5 * len(operations) and any(400 <= s < 500 for s in statuses)
+
+
+def test_grpc_requests_are_routed_by_the_routing_key_metadata(stub):
+    columns = request_columns(synthetic_transactions(1, seed=71))
+    message = pb.ModelInferRequest(model_name="fraud")
+    for name, array in columns.items():
+        message.inputs.add(name=name, datatype=datatype_of(array), shape=list(array.shape))
+        message.raw_input_contents.append(tensor_to_raw(array))
+    for key in ("user-1", "user-2", "user-3"):
+        answers = [stub.ModelInfer(message, metadata=[("x-routing-key", key)]) for _ in range(4)]
+        assert len({a.model_version for a in answers}) == 1  # sticky: one key, one arm
+        assert all(a.id for a in answers)  # a request id is made when the client sends none
