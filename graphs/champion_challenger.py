@@ -60,6 +60,7 @@ def build_app(args: dict) -> Application:
     ).bind(settings.storage_uri, {model: e.settings.model_dump() for model, e in settings.experiments.items()})
     router_settings = settings.model_dump(include=set(GraphArgs.model_fields))
     return Router.options(
+        num_replicas=settings.num_replicas_ingress,
         max_ongoing_requests=settings.max_ongoing_requests_ingress,
         ray_actor_options={"num_cpus": settings.num_cpus_ingress},
     ).bind(router_settings, pipelines, experiments, traffic)

@@ -25,6 +25,7 @@ def build_app(args: dict) -> Application:
     served = ModelRepository(settings.repository).check(settings.models)  # a broken repository fails at start
     pipelines = [version_pipeline(settings.repository, version, settings) for version in served]
     return Router.options(
+        num_replicas=settings.num_replicas_ingress,
         max_ongoing_requests=settings.max_ongoing_requests_ingress,
         ray_actor_options={"num_cpus": settings.num_cpus_ingress},
     ).bind(settings.model_dump(), pipelines)

@@ -170,6 +170,8 @@ class GraphArgs(Strict):
     """Root of the model repository: a local folder, relative to the working directory."""
     models: list[str] | None = None
     """Models to serve; default: every model in the repository."""
+    num_replicas_ingress: int = Field(1, ge=1)
+    """Router replicas; each routes on its own, statistics and decisions stay in one place."""
     num_cpus_ingress: float = Field(0.1, ge=0.0)
     """CPUs reserved by the ingress and preprocessor replicas (they mostly wait)."""
     storage_uri: str | None = None

@@ -1,5 +1,8 @@
 """Shadow versus production on the logged traffic: agreement, score distance, metrics, latency.
 
+Metrics from feedback: AUC for scorers (labels true/false), NDCG@k for rankers (a ranker answers
+each request with scores over its candidates; its label names the relevant candidate indices).
+
 Reads the prediction and feedback logs (Parquet under the storage URI), pairs each shadow
 prediction with the production answer to the same request, and reports per shadow version.
 `serve-app shadow-report` writes it as HTML with plots; notebooks/shadow_evaluation.ipynb
@@ -11,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from typing import Any
 
 import numpy as np
@@ -20,6 +24,7 @@ from serve_app.predlog import FEEDBACK, PREDICTIONS, read_table
 
 PRODUCTION_ROLES = ("champion", "challenger", "direct")
 DECISION_THRESHOLD = 0.5
+NDCG_K = 10
 
 
 def load_logs(storage_uri: str, model: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -32,17 +37,74 @@ def paired(predictions: pd.DataFrame) -> pd.DataFrame:
     """One row per (request, shadow version): the shadow's and production's answer side by side."""
     production = predictions[predictions["role"].isin(PRODUCTION_ROLES) & (predictions["status"] == "ok")]
     shadow = predictions[predictions["role"] == "shadow"]
-    columns = ["request_id", "version", "score", "latency_ms", "status"]
+    columns = ["request_id", "version", "score", "outputs", "latency_ms", "status"]
     return shadow[columns].merge(
-        production[columns[:4]], on="request_id", suffixes=("_shadow", "_production"), how="inner"
+        production[columns[:5]], on="request_id", suffixes=("_shadow", "_production"), how="inner"
     )
 
 
 def _labels(feedback: pd.DataFrame) -> pd.Series:
-    """The last label given for each request id, as 0/1."""
+    """The last true/false label given for each request id, as 0/1 (a scorer's labels)."""
     labelled = feedback.dropna(subset=["label"]).drop_duplicates("request_id", keep="last")
-    positive = labelled["label"].isin(["True", "true", "1"])
+    labelled = labelled[labelled["label"].str.lower().isin(["true", "false"])]
+    positive = labelled["label"].str.lower() == "true"
     return pd.Series(positive.astype(int).to_numpy(), index=labelled["request_id"].to_numpy())
+
+
+def ranking(outputs: str) -> np.ndarray | None:
+    """A ranker's scores over its candidates: the first output, when it holds more than one value."""
+    values = next(iter(json.loads(outputs).values()), None) if outputs else None
+    if not isinstance(values, list) or len(values) < 2 or not all(isinstance(v, (int, float)) for v in values):
+        return None
+    return np.asarray(values, dtype=float)
+
+
+def relevant_items(label: Any) -> set[int] | None:
+    """A ranker's feedback label: the index of the relevant candidate, or a list of them."""
+    try:
+        value = json.loads(label) if isinstance(label, str) else label
+    except ValueError:
+        return None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return {value}
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return set(value)
+    return None
+
+
+def ndcg_at_k(scores: np.ndarray, relevant: set[int], k: int = NDCG_K) -> float:
+    """Normalised discounted cumulative gain of the top k, with binary relevance."""
+    order = np.argsort(-scores, kind="stable")[:k]
+    gains = np.array([1.0 if item in relevant else 0.0 for item in order])
+    dcg = float(np.sum(gains / np.log2(np.arange(2, len(gains) + 2))))
+    ideal = float(np.sum(1.0 / np.log2(np.arange(2, min(k, len(relevant)) + 2))))
+    return dcg / ideal if ideal else 0.0
+
+
+def _ndcg(known: pd.DataFrame, feedback: pd.DataFrame) -> dict[str, Any] | None:
+    """Mean NDCG@k of shadow and production on requests whose feedback names relevant candidates."""
+    labels = feedback.dropna(subset=["label"]).drop_duplicates("request_id", keep="last").set_index("request_id")
+    shadow, production = [], []
+    for row in known.itertuples():
+        if row.request_id not in labels.index:
+            continue
+        relevant = relevant_items(labels.at[row.request_id, "label"])
+        scores_shadow, scores_production = ranking(row.outputs_shadow), ranking(row.outputs_production)
+        if relevant is None or scores_shadow is None or scores_production is None:
+            continue
+        shadow.append(ndcg_at_k(scores_shadow, relevant))
+        production.append(ndcg_at_k(scores_production, relevant))
+    if not shadow:
+        return None
+    return {
+        "k": NDCG_K,
+        "labelled": len(shadow),
+        "shadow": round(float(np.mean(shadow)), 6),
+        "production": round(float(np.mean(production)), 6),
+        "delta": round(float(np.mean(shadow) - np.mean(production)), 6),
+    }
 
 
 def compare(predictions: pd.DataFrame, feedback: pd.DataFrame) -> dict[str, Any]:
@@ -86,6 +148,10 @@ def compare(predictions: pd.DataFrame, feedback: pd.DataFrame) -> dict[str, Any]
                     "production": round(float(auc_production), 6),
                     "delta": round(float(auc_shadow - auc_production), 6),
                 }
+        ranked = group[group["status"] == "ok"]
+        ndcg = _ndcg(ranked, feedback) if len(ranked) else None
+        if ndcg is not None:
+            entry["ndcg"] = ndcg
         report["shadow_versions"][str(version)] = entry
     return report
 
@@ -119,6 +185,7 @@ def render_html(model: str, report: dict[str, Any], predictions: pd.DataFrame) -
         cells = [f"v{version}", entry["mirrored"], entry["shadow_failures"]]
         cells += [f"{entry[k]:.4f}" if k in entry else "" for k in ("agreement_rate", "ks_statistic")]
         cells += [auc.get(k, "") for k in ("shadow", "production", "delta")]
+        cells += [entry.get("ndcg", {}).get(k, "") for k in ("shadow", "production", "delta")]
         rows.append(_row(cells))
     latency_rows = "".join(
         _row([name, v["requests"], v["failures"], v["p50"], v["p99"]]) for name, v in report["latency_ms"].items()
@@ -130,7 +197,8 @@ td,th{{border:1px solid #ccc;padding:4px 8px}}</style>
 </head><body><h1>Shadow report: {html.escape(model)}</h1>
 <h2>Shadow versus production, on the same requests</h2>
 <table><tr><th>shadow</th><th>mirrored</th><th>failures</th><th>agreement</th><th>KS</th>
-<th>AUC shadow</th><th>AUC production</th><th>AUC delta</th></tr>{"".join(rows)}</table>
+<th>AUC shadow</th><th>AUC production</th><th>AUC delta</th>
+<th>NDCG@{NDCG_K} shadow</th><th>NDCG@{NDCG_K} production</th><th>NDCG delta</th></tr>{"".join(rows)}</table>
 <h2>Latency</h2><table><tr><th>version</th><th>requests</th><th>failures</th><th>p50 ms</th><th>p99 ms</th></tr>
 {latency_rows}</table>{images}</body></html>"""
 

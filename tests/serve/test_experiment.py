@@ -1,5 +1,5 @@
-"""Champion/challenger and shadow over HTTP, on an app of its own: fraud v1 champion, v2 challenger at
-50%, and a v3 shadow whose model raises on every call."""
+"""Champion/challenger and shadow over HTTP, on an app of its own: two router replicas, fraud v1 champion,
+v2 challenger at 50%, and a v3 shadow whose model raises on every call."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -64,6 +65,7 @@ def experiment_args(demo_repository, tmp_path_factory) -> dict:
         "repository": str(root),
         "storage_uri": str(tmp_path_factory.mktemp("experiment-storage")),
         "models": ["fraud"],
+        "num_replicas_ingress": 2,  # routing is local to each router; statistics and the log must still add up
         "experiments": {"fraud": {"traffic": traffic, "settings": {"min_samples_per_arm": 30, "mixture_sd": 0.3}}},
     }
 
@@ -169,6 +171,8 @@ def test_a_restart_keeps_the_experiment_and_the_log_is_exact(app, client, experi
     assert len(production) == sum(answered.values())
     assert production["request_id"].is_unique
     assert Counter(production["version"].astype(str)) == answered
+    files = Path(experiment_args["storage_uri"]).glob(f"{PREDICTIONS}/model=fraud/*/router-*.parquet")
+    assert len({f.name.rsplit("-", 1)[0] for f in files}) == 2  # both router replicas served and logged
     serve.run(build_app(experiment_args), name=APP, route_prefix=PREFIX)
     after = summary(client)
     assert after["history"] == before["history"] and after["traffic"] == before["traffic"]
@@ -177,7 +181,7 @@ def test_a_restart_keeps_the_experiment_and_the_log_is_exact(app, client, experi
 
 def test_weights_change_live_through_serve_deploy(ray_cluster, experiment_args, client, tmp_path):
     """Ops edit the experiments deployment's user_config and `serve deploy` again: no replica restarts."""
-    args = {**experiment_args, "storage_uri": str(tmp_path / "storage")}
+    args = {**experiment_args, "storage_uri": str(tmp_path / "storage"), "num_replicas_ingress": 1}
     traffic = {"champion": 1, "challenger": 2, "challenger_weight": 0.0, "shadows": [], "shadow_fraction": 0.0}
     args["experiments"] = {"fraud": {"traffic": traffic}}
 

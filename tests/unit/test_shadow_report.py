@@ -16,7 +16,7 @@ from serve_app.predlog import FEEDBACK, PREDICTIONS, ParquetLog, tensors_as_json
 from serve_app.protocol.dataplane import LocalEndpoint
 from serve_app.repository import ModelRepository
 from serve_app.runtime import load_runner
-from serve_app.shadow_report import compare, load_logs
+from serve_app.shadow_report import compare, load_logs, ndcg_at_k, relevant_items
 
 ROWS = 1_500
 NOTEBOOK = Path(__file__).parents[2] / "notebooks" / "shadow_evaluation.ipynb"
@@ -98,3 +98,44 @@ def test_the_notebook_runs_and_shows_the_same_numbers(logged, tmp_path, monkeypa
     report = compare(*load_logs(storage, "fraud"))
     assert f"{report['shadow_versions']['2']['agreement_rate']:.4f}" in text
     assert "image/png" in text
+
+
+def test_ndcg_at_k_follows_its_definition():
+    scores = np.array([0.1, 0.9, 0.5, 0.3])  # ranking: 1, 2, 3, 0
+    assert ndcg_at_k(scores, {1}) == pytest.approx(1.0)
+    assert ndcg_at_k(scores, {2}) == pytest.approx(1 / np.log2(3))
+    assert ndcg_at_k(scores, {0, 1}) == pytest.approx((1 + 1 / np.log2(5)) / (1 + 1 / np.log2(3)))
+    assert ndcg_at_k(scores, {0}, k=2) == 0.0
+    assert relevant_items("[1, 3]") == {1, 3} and relevant_items("2") == {2}
+    assert relevant_items("True") is None and relevant_items("x") is None
+
+
+def test_rankers_are_compared_by_ndcg(tmp_path):
+    """A ranker scores 8 candidates per request; the shadow ranks the relevant one higher more often."""
+    rng = np.random.default_rng(0)
+    log = ParquetLog(str(tmp_path), "test")
+    expected = {"shadow": [], "production": []}
+    for i in range(200):
+        relevant = int(rng.integers(8))
+        production = rng.random(8)
+        shadow = production.copy()
+        shadow[relevant] += 0.5  # the better ranker
+        for version, role, scores in ((1, "champion", production), (2, "shadow", shadow)):
+            log.record(
+                PREDICTIONS,
+                {"request_id": f"q{i}", "time": utc_now(), "model": "ranker", "version": version, "role": role,
+                 "inputs": "{}", "outputs": json.dumps({"scores": scores.tolist()}), "score": float(scores[0]),
+                 "latency_ms": 1.0, "status": "ok"},
+            )  # fmt: skip
+            expected[role if role == "shadow" else "production"].append(ndcg_at_k(scores, {relevant}))
+        log.record(
+            FEEDBACK,
+            {"request_id": f"q{i}", "time": utc_now(), "model": "ranker", "reward": None, "label": str(relevant),
+             "known": True},
+        )  # fmt: skip
+    log.flush()
+    entry = compare(*load_logs(str(tmp_path), "ranker"))["shadow_versions"]["2"]
+    assert entry["ndcg"]["labelled"] == 200 and "auc" not in entry
+    assert entry["ndcg"]["shadow"] == pytest.approx(np.mean(expected["shadow"]), abs=1e-6)
+    assert entry["ndcg"]["production"] == pytest.approx(np.mean(expected["production"]), abs=1e-6)
+    assert entry["ndcg"]["delta"] > 0.1
