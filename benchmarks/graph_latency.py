@@ -14,7 +14,6 @@ import datetime
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 import ray
+from common import free_port, write_result
 from ray import serve
 
 from graphs.single_model import build_app
@@ -43,12 +43,6 @@ def in_process_rows_per_s(endpoint: LocalEndpoint, rows: int, duration_s: float)
         endpoint.predict(columns)
         calls += 1
     return calls * rows / (time.perf_counter() - start)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -92,9 +86,7 @@ def main() -> None:
         "in_process_rows_per_s": limit,
         "graph_single_row": graph,
     }
-    out = HERE / "results" / f"graph_latency-{result['date']}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    out = write_result(result)
     print("| path | concurrency | req/s (rows/s) | p50 ms | p99 ms |\n|---|---|---|---|---|")
     for name, value in limit.items():
         print(f"| in-process, {name.replace('_', ' ')} | 1 | {value:,.0f} rows/s | | |")

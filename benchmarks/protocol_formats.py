@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import ray
 import yaml
+from common import free_port, write_result
 from ray import serve
 
 from graphs.single_model import build_app
@@ -77,14 +78,6 @@ def decode_us(name: str, body: bytes, headers: dict, repeat: int = 200) -> float
     return (time.perf_counter() - start) / repeat * 1e6
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration-s", type=float, default=10.0)
@@ -128,9 +121,7 @@ def main() -> None:
         "decode_us": decoding,
         "points": points,
     }
-    out = HERE / "results" / f"protocol_formats-{result['date']}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    out = write_result(result)
     print("| format | request bytes | server decode (µs) | concurrency | req/s | vs JSON | p50 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|---|")
     baseline = {p["concurrency"]: p["requests_per_s"] for p in points if p["format"] == "rest_json"}

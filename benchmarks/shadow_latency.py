@@ -18,7 +18,6 @@ import datetime
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import httpx
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+from common import free_port, write_result
 from ray import serve
 
 from graphs.champion_challenger import build_app
@@ -48,12 +48,6 @@ TRAFFIC = {
     "on": {"champion": 1, "challenger": None, "challenger_weight": 0.0, "shadows": [2], "shadow_fraction": 1.0},
 }
 TIMESTAMP = pa.timestamp("us", tz="UTC")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def utc_now() -> datetime.datetime:
@@ -201,9 +195,7 @@ def main() -> None:
         "prediction_log": prediction_log,
         "elapsed_s": round(time.monotonic() - started, 1),
     }
-    out = HERE / "results" / f"shadow_latency-{result['date']}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    out = write_result(result)
 
     print("| run | concurrency | req/s off | req/s on | p50 ms off | p50 ms on | Δp50 ms | p99 ms off | p99 ms on |")
     print("|---|---|---|---|---|---|---|---|---|")
