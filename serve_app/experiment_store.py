@@ -7,8 +7,10 @@ experiment under the storage URI so that a restart keeps champion, weights, coun
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +22,7 @@ from serve_app.routing import Experiment
 from serve_app.storage import read_json, write_json
 
 SAVE_INTERVAL_S = 1.0
+logger = logging.getLogger("serve_app.experiments")
 
 
 def _state_path(model: str) -> str:
@@ -44,7 +47,9 @@ class ExperimentStore:
         # Feedback may overtake its request's event (routers ship events once a second): it waits here.
         self.waiting_feedback: OrderedDict[str, tuple[str, Any, Any]] = OrderedDict()
         self.unmatched_feedback: Counter = Counter()
-        self.feedback_log = ParquetLog(storage_uri, "experiment-store")
+        # A fresh writer id per start: files of an earlier run are never overwritten.
+        self.feedback_log = ParquetLog(storage_uri, f"experiments-{uuid.uuid4().hex[:12]}")
+        self.bad_events = 0
         self._saved_at: dict[str, float] = {}
         self._unsaved: set[str] = set()
 
@@ -55,13 +60,12 @@ class ExperimentStore:
         if model not in self.settings:
             raise InvalidInput(f"model '{model}' has no experiment settings")
         wanted = traffic.model_dump()
-        if model not in self.experiments:
+        if model not in self.experiments:  # first call since start: what was persisted comes back first
             state = read_json(self.storage_uri, _state_path(model))
-            if state is not None and state["configured"] == wanted:
+            if state is not None:
                 self.experiments[model] = Experiment.from_dict(state["experiment"], self.settings[model])
-                self.configured[model] = wanted
-                return
-        elif self.configured.get(model) == wanted:
+                self.configured[model] = state["configured"]
+        if self.configured.get(model) == wanted:
             return
         current = self.experiments.get(model)
         same_pair = current is not None and (current.traffic.champion, current.traffic.challenger) == (
@@ -88,7 +92,11 @@ class ExperimentStore:
             experiment = self.experiments.get(event["model"])
             if experiment is None:
                 continue
-            experiment.record_request(event["version"], event["latency_ms"], event["error"])
+            try:
+                experiment.record_request(event["version"], event["latency_ms"], event["error"])
+            except InvalidInput:  # e.g. an event of a version the experiment moved away from
+                self.bad_events += 1
+                continue
             self._remember(event["request_id"], event["model"], event["version"], event.get("score"))
             waiting = self.waiting_feedback.pop(event["request_id"], None)
             if waiting is not None and waiting[0] == event["model"]:
@@ -133,7 +141,7 @@ class ExperimentStore:
                 evicted_model = self.waiting_feedback.popitem(last=False)[1][0]
                 self.unmatched_feedback[evicted_model] += 1
             return {"id": request_id, "known": False}
-        _, version, score = entry
+        _, version, score = self.requests.pop(request_id)  # one outcome per request: a repeat waits unmatched
         self._apply_outcome(model, version, score, reward, label)
         decisions = self._evaluate({model})
         self.save(model, throttle=not decisions)
@@ -193,7 +201,12 @@ class ExperimentStore:
             self._unsaved.add(model)
             return
         document = {"configured": self.configured[model], "experiment": self.experiments[model].to_dict()}
-        write_json(self.storage_uri, _state_path(model), document)
+        try:
+            write_json(self.storage_uri, _state_path(model), document)
+        except Exception as error:  # storage trouble must not fail a request: the next flush retries
+            logger.warning("saving the experiment of %s failed, will retry: %s", model, error)
+            self._unsaved.add(model)
+            return
         self._saved_at[model] = now
         self._unsaved.discard(model)
 

@@ -133,7 +133,7 @@ class ParquetLog:
         folder = f"{self.root}/{table}/model={model}/date={date}"
         self.filesystem.create_dir(folder, recursive=True)
         name = f"{self.writer_id}-{next(self._sequence):06d}.parquet"
-        arrow_table = pa.Table.from_pylist(rows, schema=SCHEMAS[table])
+        arrow_table = pa.Table.from_pylist([_encoded(row) for row in rows], schema=SCHEMAS[table])
         pq.write_table(arrow_table, f"{folder}/.{name}", filesystem=self.filesystem)
         self.filesystem.move(f"{folder}/.{name}", f"{folder}/{name}")
 
@@ -145,6 +145,11 @@ class ParquetLog:
             "failures": self.failures,
             "last_error": self.last_error,
         }
+
+
+def _encoded(row: dict[str, Any]) -> dict[str, Any]:
+    """Tensors kept as numpy on the request path become JSON text here, in the writing thread."""
+    return {key: tensors_as_json(value) if isinstance(value, dict) else value for key, value in row.items()}
 
 
 def _partitions(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:

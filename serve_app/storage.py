@@ -6,6 +6,7 @@ State that must survive a restart (experiment state, logs) goes here, never to a
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,10 @@ def write_json(uri: str, relative_path: str, document: Any) -> None:
     path = f"{root}/{relative_path}"
     folder, _, name = path.rpartition("/")
     filesystem.create_dir(folder, recursive=True)
-    with filesystem.open_output_stream(f"{folder}/.{name}") as stream:
+    temporary = f"{folder}/.{name}.{uuid.uuid4().hex}"
+    with filesystem.open_output_stream(temporary) as stream:
         stream.write(json.dumps(document, indent=1).encode())
-    filesystem.move(f"{folder}/.{name}", path)
+    filesystem.move(temporary, path)
 
 
 def read_json(uri: str, relative_path: str) -> Any | None:

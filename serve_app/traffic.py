@@ -15,7 +15,7 @@ import numpy as np
 
 from serve_app.config import TrafficSettings
 from serve_app.errors import InvalidInput
-from serve_app.predlog import PREDICTIONS, ParquetLog, first_score, tensors_as_json, utc_now
+from serve_app.predlog import PREDICTIONS, ParquetLog, first_score, utc_now
 from serve_app.protocol.messages import InferenceRequest
 from serve_app.routing import TrafficPolicy
 
@@ -49,7 +49,7 @@ class TrafficController:
 
     def route(self, model: str, version: str | None, request: InferenceRequest, header_key: str | None) -> Route:
         """Give the request an id if it has none (feedback joins on it), then pick its version."""
-        if request.id is None:
+        if not request.id:
             request.id = uuid.uuid4().hex
         policy = self.policies.get(model)
         if version is not None or policy is None:
@@ -80,7 +80,7 @@ class TrafficController:
                 PREDICTIONS,
                 {
                     "request_id": request.id, "time": utc_now(), "model": model, "version": version, "role": role,
-                    "inputs": tensors_as_json(request.inputs), "outputs": tensors_as_json(outputs or {}),
+                    "inputs": request.inputs, "outputs": outputs or {},  # encoded as JSON in the flush thread
                     "score": score, "latency_ms": latency_ms, "status": status,
                 },
             )  # fmt: skip

@@ -23,7 +23,8 @@ class ExperimentDeployment:
         )
         self._flusher = asyncio.get_event_loop().create_task(self._flush_forever())
 
-    def reconfigure(self, user_config: dict) -> None:
+    # Async, like every method here: the store is only ever touched from this replica's event loop.
+    async def reconfigure(self, user_config: dict) -> None:
         for model, traffic in user_config.get("traffic", {}).items():
             self.store.configure(model, TrafficSettings.model_validate(traffic))
 
@@ -31,7 +32,7 @@ class ExperimentDeployment:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)
             try:
-                await asyncio.to_thread(self.store.flush)
+                self.store.flush()  # small writes; on the loop, so no thread races the store
             except Exception:  # storage trouble must not stop the loop; the log counts it
                 logger.exception("experiment store: flushing to storage failed")
 
@@ -55,4 +56,4 @@ class ExperimentDeployment:
 
     async def __del__(self):
         self._flusher.cancel()
-        await asyncio.to_thread(self.store.flush)
+        self.store.flush()

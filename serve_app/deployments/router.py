@@ -56,6 +56,7 @@ READY_TIMEOUT_S = 5.0
 BACKGROUND_INTERVAL_S = 1.0
 SHADOW_TIMEOUT_S = 10.0
 SHADOW_WINDOW_S = 1.0
+SHUTDOWN_WAIT_S = 3.0
 """How long mirrored requests gather before they go to their shadow version in one call."""
 ADMIN_TOKEN_ENV = "SERVE_APP_ADMIN_TOKEN"
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
@@ -131,6 +132,19 @@ async def _grpc(call: Callable[[], Awaitable], empty: type, grpc_context: RaySer
         grpc_context.set_code(getattr(grpc.StatusCode, client_error.grpc_code))
         grpc_context.set_details(client_error.message)
         return empty()
+
+
+def _chunks_by_rows(requests: list[InferenceRequest], max_rows: int) -> list[list[InferenceRequest]]:
+    """Consecutive groups of requests holding at most max_rows rows each (a request is never split)."""
+    chunks, current, rows = [], [], 0
+    for request in requests:
+        size = next(iter(request.inputs.values())).shape[0]
+        if current and rows + size > max_rows:
+            chunks.append(current)
+            current, rows = [], 0
+        current.append(request)
+        rows += size
+    return [*chunks, current] if current else chunks
 
 
 def _ms(start: float) -> float:
@@ -221,7 +235,10 @@ class Router:
         self.shadows = ShadowQueue()
         self._shadow_calls: set[asyncio.Task] = set()
         if experiments is not None:
-            await self._sync_with_experiments()  # a restarted app routes by the persisted state at once
+            try:
+                await self._sync_with_experiments()  # a restarted app routes by the persisted state at once
+            except Exception:  # the configured traffic serves until the background loop reaches the store
+                logger.exception("the experiment store is not reachable yet")
         self._background = asyncio.create_task(self._background_loop())
         self._mirroring = asyncio.create_task(self._mirror_loop())
 
@@ -329,61 +346,80 @@ class Router:
             task.add_done_callback(self._shadow_calls.discard)
 
     async def _shadow(self, model: str, version: int, requests: list[InferenceRequest]) -> None:
-        """One call for a batch of mirrored requests (in chunks the version accepts); each is logged."""
-        step = self.dataplane.endpoint(model, str(version)).max_batch_size
-        for first in range(0, len(requests), step):
-            chunk = requests[first : first + step]
+        """One call per chunk of mirrored requests (as many rows as the version takes); each is logged."""
+        try:
+            max_rows = self.dataplane.endpoint(model, str(version)).max_batch_size
+        except Exception as error:
+            self._shadow_failed(model, version, requests, time.perf_counter(), error)
+            return
+        for chunk in _chunks_by_rows(requests, max_rows):
             start = time.perf_counter()
             try:
                 merged, rows = merge_rows([r.inputs for r in chunk])
                 call = self.dataplane.infer(model, str(version), InferenceRequest(inputs=merged))
                 outputs = split_rows((await asyncio.wait_for(call, SHADOW_TIMEOUT_S)).outputs, rows)
             except Exception as error:
-                before = self.traffic.shadow_failures
-                self.traffic.shadow_failures += len(chunk)
-                if before == 0 or before // 100 != self.traffic.shadow_failures // 100:  # first, then per hundred
-                    logger.warning("shadow %s v%s failed (%d so far): %r", model, version, before + len(chunk), error)
-                for request in chunk:
-                    self.traffic.record(model, version, "shadow", request, None, _ms(start), type(error).__name__)
+                self._shadow_failed(model, version, chunk, start, error)
                 continue
             for request, answer in zip(chunk, outputs):
                 self.traffic.record(model, version, "shadow", request, answer, _ms(start), "ok")
 
+    def _shadow_failed(self, model: str, version: int, requests: list, start: float, error: Exception) -> None:
+        before = self.traffic.shadow_failures
+        self.traffic.shadow_failures += len(requests)
+        if before == 0 or before // 100 != self.traffic.shadow_failures // 100:  # the first, then per hundred
+            logger.warning("shadow %s v%s failed (%d so far): %r", model, version, self.traffic.shadow_failures, error)
+        for request in requests:
+            self.traffic.record(model, version, "shadow", request, None, _ms(start), type(error).__name__)
+
     async def _background_loop(self) -> None:
         while True:
             await asyncio.sleep(BACKGROUND_INTERVAL_S)
+            # Each on its own: the log is written even while the experiment store is away.
             try:
                 await self._sync_with_experiments()
-                if self.traffic.log is not None:
-                    await asyncio.to_thread(self.traffic.log.flush)
-            except Exception:  # the loop must outlive any one failure; the next round retries
-                logger.exception("router background work failed")
+            except Exception:  # the next round retries
+                logger.exception("syncing with the experiment store failed")
+            await self._flush_log()
 
     async def _sync_with_experiments(self) -> None:
         """Ship request events to the experiment store and take the traffic it decides."""
         if self.experiments is None:
             return
         events = self.traffic.drain_events()
+        delivered, failure = not events, None
         try:
             if events:
                 await self.experiments.record.remote(events)
-            for model, traffic in (await self.experiments.traffic.remote()).items():
-                self.traffic.set_traffic(model, TrafficSettings.model_validate(traffic))
-        except Exception:
-            self.traffic.requeue(events)
-            raise
+                delivered = True
+        except Exception as error:
+            failure = error
+        finally:  # also on cancellation at shutdown: undelivered events go back, delivered ones never twice
+            if not delivered:
+                self.traffic.requeue(events)
+        for model, traffic in (await self.experiments.traffic.remote()).items():  # even when recording failed
+            self.traffic.set_traffic(model, TrafficSettings.model_validate(traffic))
+        if failure is not None:
+            raise failure
 
     async def __del__(self):
-        """Graceful shutdown: the last events and log rows are written, not lost."""
+        """Graceful shutdown: what was logged is written first (other deployments may be going away
+        too, so every call to them is bounded), then the last shadows and events."""
         self._background.cancel()
         self._mirroring.cancel()
+        await self._flush_log()
         self._send_shadows()
-        await asyncio.gather(*self._shadow_calls, return_exceptions=True)
+        if self._shadow_calls:
+            await asyncio.wait(self._shadow_calls, timeout=SHUTDOWN_WAIT_S)
+            await self._flush_log()
         try:
-            await self._sync_with_experiments()
-        finally:
-            if self.traffic.log is not None:
-                await asyncio.to_thread(self.traffic.log.flush)
+            await asyncio.wait_for(self._sync_with_experiments(), SHUTDOWN_WAIT_S)
+        except Exception:
+            logger.warning("the last experiment events could not be delivered at shutdown")
+
+    async def _flush_log(self) -> None:
+        if self.traffic.log is not None:
+            await asyncio.to_thread(self.traffic.log.flush)
 
     # -- experiments: feedback for everyone, decisions for ops -------------------------------------
 

@@ -121,7 +121,7 @@ def test_feedback_promotes_the_better_challenger_live(app, client):
             answer = infer(client, key=f"fb-{time.monotonic()}-{i}")
             reward = 1.0 if answer["model_version"] == "2" else 0.0
             response = client.post(f"{PREFIX}/v2/models/fraud/feedback", json={"id": answer["id"], "reward": reward})
-            assert response.json()["known"] in (True, False)  # known once the router's events have arrived
+            assert response.status_code == 200 and response.json()["id"] == answer["id"]
         time.sleep(0.2)
     state = summary(client)
     assert state["status"] == "promoted", state
@@ -165,6 +165,8 @@ def test_ops_endpoints_need_the_token(app, client):
 def test_a_restart_keeps_the_experiment_and_the_log_is_exact(app, client, experiment_args):
     time.sleep(2.5)  # routers ship their last events within a second; the store persists within another
     before = summary(client)
+    for i in range(5):  # answered just before the stop: only the routers' shutdown flush can log these
+        infer(client, key=f"last-{i}")
     serve.delete(APP)  # graceful: routers and the store flush what they hold
     production = read_table(experiment_args["storage_uri"], PREDICTIONS, "fraud").to_pandas()
     production = production[production["role"].isin(["champion", "challenger"])]
@@ -176,7 +178,7 @@ def test_a_restart_keeps_the_experiment_and_the_log_is_exact(app, client, experi
     serve.run(build_app(experiment_args), name=APP, route_prefix=PREFIX)
     after = summary(client)
     assert after["history"] == before["history"] and after["traffic"] == before["traffic"]
-    assert after["arms"] == before["arms"]
+    assert after["arms"]["champion"]["requests"] >= before["arms"]["champion"]["requests"] > 0
 
 
 def test_weights_change_live_through_serve_deploy(ray_cluster, experiment_args, client, tmp_path):

@@ -147,3 +147,45 @@ def test_ops_promote_and_rollback(tmp_path):
     assert _traffic_of(store)[0] == 1
     with pytest.raises(ModelNotFound):
         store.promote("nope", "x", "ops")
+
+
+def test_a_bad_event_is_skipped_and_counted_not_the_batch(tmp_path):
+    store = _store(tmp_path)
+    events = [
+        {"model": "fraud", "request_id": "a", "version": 1, "latency_ms": 1.0, "error": False},
+        {"model": "fraud", "request_id": "b", "version": 7, "latency_ms": 1.0, "error": False},  # not in the experiment
+        {"model": "fraud", "request_id": "c", "version": 2, "latency_ms": 1.0, "error": False},
+    ]
+    store.record(events)
+    arms = store.summary("fraud")["arms"]
+    assert (arms["champion"]["requests"], arms["challenger"]["requests"], store.bad_events) == (1, 1, 1)
+
+
+def test_feedback_counts_once_per_request(tmp_path):
+    store = _store(tmp_path)
+    store.record([{"model": "fraud", "request_id": "a", "version": 2, "latency_ms": 1.0, "error": False}])
+    assert store.feedback("fraud", "a", reward=1.0)["known"] is True
+    assert store.feedback("fraud", "a", reward=1.0)["known"] is False  # a retry does not count twice
+    assert store.summary("fraud")["arms"]["challenger"]["outcomes"] == 1
+
+
+def test_a_restart_with_new_weights_keeps_the_statistics(tmp_path):
+    store = _store(tmp_path)
+    _play(store, 20, 0.5, 0.5)
+    store.flush()
+    restarted = ExperimentStore(str(tmp_path), {"fraud": ExperimentSettings(min_samples_per_arm=50)})
+    restarted.configure("fraud", TRAFFIC.model_copy(update={"challenger_weight": 0.1}))
+    assert restarted.traffic()["fraud"]["challenger_weight"] == 0.1
+    assert restarted.summary("fraud")["arms"]["challenger"]["requests"] == 20
+
+
+def test_unwritable_storage_does_not_fail_feedback(tmp_path):
+    store = _store(tmp_path)
+    store.record([{"model": "fraud", "request_id": "a", "version": 1, "latency_ms": 1.0, "error": False}])
+    (tmp_path / "experiments" / "fraud.json").unlink()
+    (tmp_path / "experiments").rmdir()
+    (tmp_path / "experiments").write_text("a file where the folder should be")
+    assert store.feedback("fraud", "a", reward=1.0)["known"] is True  # answered; the save retries later
+    (tmp_path / "experiments").unlink()
+    store.flush()
+    assert (tmp_path / "experiments" / "fraud.json").exists()
