@@ -15,13 +15,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
-import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,14 +24,12 @@ import httpx
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from common import free_port, write_result
+from common import demo_workdir, drive, median_point, round_fits, start_serve, write_result
 from ray import serve
 
 from graphs.champion_challenger import build_app
-from serve_app.demo import build_demo_repository, request_columns, synthetic_transactions
 from serve_app.deployments.router import BACKGROUND_INTERVAL_S
 from serve_app.predlog import PREDICTIONS, read_table
-from serve_app.protocol.rest import request_body
 
 HERE = Path(__file__).parent
 MODEL = "fraud"
@@ -82,12 +75,6 @@ def deploy(args: dict, mode: str, port: int) -> None:
     time.sleep(1.5 * BACKGROUND_INTERVAL_S)
 
 
-def drive(url: str, body: Path, concurrency: int, duration_s: float, warmup_s: float) -> dict:
-    command = [sys.executable, str(HERE / "loadgen.py"), "--url", url, "--body", str(body)]
-    command += ["--concurrency", str(concurrency), "--duration-s", str(duration_s), "--warmup-s", str(warmup_s)]
-    return json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
-
-
 def logged_rows(storage: Path, since: datetime.datetime, until: datetime.datetime) -> dict:
     """Prediction-log rows recorded in [since, until): production rows, shadow rows, shadows answered."""
     table = read_table(str(storage), PREDICTIONS, MODEL)
@@ -118,10 +105,6 @@ def wait_for_log(storage: Path, since: datetime.datetime, timeout_s: float = 15.
         last = rows
 
 
-def median_point(points: list[dict]) -> dict:
-    return {key: round(statistics.median(p[key] for p in points), 2) for key in ("requests_per_s", "p50_ms", "p99_ms")}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration-s", type=float, default=15.0, help="measured seconds per point")
@@ -134,22 +117,14 @@ def main() -> None:
     args = parser.parse_args()
     started = time.monotonic()
 
-    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
-    repository, storage = workdir / "model_repository", workdir / "storage"
-    build_demo_repository(repository)
-    body = workdir / "request.json"
-    body.write_text(json.dumps(request_body(request_columns(synthetic_transactions(1, seed=6)))))
-
-    port = free_port()
-    ray.init(include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    repository, storage, body = demo_workdir()
+    port = start_serve()
     url = f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer"
     points: list[dict] = []
     windows: list[dict] = []
     round_s = 0.0
     for round_index in range(1, args.rounds + 1):
-        if round_index > 1 and time.monotonic() - started + round_s > args.budget_s:
-            print(f"round {round_index} skipped: it would not fit in --budget-s {args.budget_s:g}", file=sys.stderr)
+        if not round_fits(round_index, time.monotonic() - started, round_s, args.budget_s):
             break
         round_started = time.monotonic()
         for mode in ("off", "on"):

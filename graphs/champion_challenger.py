@@ -10,17 +10,18 @@ mirroring, a prediction log, feedback, and an experiment store that promotes or 
             fraud:
               traffic: {champion: 1, challenger: 2, challenger_weight: 0.05}
 
+With `drift` args (see graphs.single_model) the drift monitor watches the models named there;
+`on_drift: freeze_experiment` pauses the experiment's automatic decisions while drift lasts.
+
 Live changes: the experiment store's user_config ({"traffic": {model: ...}}) takes new weights
 through `serve deploy`; the deployment is named 'experiments'.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ray.serve import Application
 
-from graphs.single_model import version_pipeline
+from graphs.single_model import drift_monitor, resolve_paths, version_pipeline
 from serve_app.config import ExperimentGraphArgs, GraphArgs
 from serve_app.deployments.experiment import ExperimentDeployment
 from serve_app.deployments.router import Router
@@ -31,12 +32,7 @@ EXPERIMENTS_DEPLOYMENT = "experiments"
 
 
 def build_app(args: dict) -> Application:
-    settings = ExperimentGraphArgs.model_validate(args)
-    # Local paths are resolved here, in the process that reads the config, so every replica agrees.
-    storage = settings.storage_uri if "://" in settings.storage_uri else str(Path(settings.storage_uri).resolve())
-    settings = settings.model_copy(
-        update={"repository": str(Path(settings.repository).resolve()), "storage_uri": storage}
-    )
+    settings = resolve_paths(ExperimentGraphArgs.model_validate(args))
     repository = ModelRepository(settings.repository)
     served = repository.check(settings.models)  # a broken repository fails at start
     loaded = {(v.name, v.version) for v in served}
@@ -63,4 +59,4 @@ def build_app(args: dict) -> Application:
         num_replicas=settings.num_replicas_ingress,
         max_ongoing_requests=settings.max_ongoing_requests_ingress,
         ray_actor_options={"num_cpus": settings.num_cpus_ingress},
-    ).bind(router_settings, pipelines, experiments, traffic)
+    ).bind(router_settings, pipelines, experiments, traffic, drift_monitor(settings, served, experiments))

@@ -1,8 +1,9 @@
-"""Router (HTTP ingress) -> Preprocessor -> Model (@serve.batch), one pipeline per served version.
+"""Router (HTTP ingress) -> Preprocessor -> Model (@serve.batch), one pipeline per served version,
+and a drift monitor when the args name models under `drift`.
 
 applications:
   - import_path: graphs.single_model:build_app
-    args: {repository: model_repository, models: [fraud]}
+    args: {repository: model_repository, models: [fraud], drift: {fraud: {window_size: 1000}}}
 """
 
 from __future__ import annotations
@@ -12,23 +13,59 @@ from pathlib import Path
 from ray.serve import Application
 
 from serve_app.config import GraphArgs
+from serve_app.deployments.drift_monitor import DriftMonitorDeployment
 from serve_app.deployments.model import ModelDeployment
 from serve_app.deployments.preprocessor import PreprocessorDeployment
 from serve_app.deployments.router import Router
+from serve_app.drift import feature_schema, load_reference
+from serve_app.errors import RepositoryError
 from serve_app.repository import ModelRepository, ModelVersion
+
+DRIFT_DEPLOYMENT = "drift-monitor"
 
 
 def build_app(args: dict) -> Application:
-    settings = GraphArgs.model_validate(args)
-    # Resolved here, in the process that reads the config, so every replica finds the same folder.
-    settings = settings.model_copy(update={"repository": str(Path(settings.repository).resolve())})
+    settings = resolve_paths(GraphArgs.model_validate(args))
     served = ModelRepository(settings.repository).check(settings.models)  # a broken repository fails at start
     pipelines = [version_pipeline(settings.repository, version, settings) for version in served]
     return Router.options(
         num_replicas=settings.num_replicas_ingress,
         max_ongoing_requests=settings.max_ongoing_requests_ingress,
         ray_actor_options={"num_cpus": settings.num_cpus_ingress},
-    ).bind(settings.model_dump(), pipelines)
+    ).bind(settings.model_dump(), pipelines, drift=drift_monitor(settings, served))
+
+
+def resolve_paths(settings: GraphArgs) -> GraphArgs:
+    """Local paths resolved here, in the process that reads the config, so every replica agrees."""
+
+    def resolved(path: str | None) -> str | None:
+        return path if path is None or "://" in path else str(Path(path).resolve())
+
+    drift = {m: d.model_copy(update={"reference": resolved(d.reference)}) for m, d in settings.drift.items()}
+    paths = {"repository": resolved(settings.repository), "storage_uri": resolved(settings.storage_uri)}
+    return settings.model_copy(update={**paths, "drift": drift})
+
+
+def drift_monitor(settings: GraphArgs, served: list[ModelVersion], experiments: Application | None = None):
+    """The drift monitor of the models in settings.drift, or None. Each version's reference and
+    features are checked here, so a bad drift config fails at start, not in a replica."""
+    if not settings.drift:
+        return None
+    watched = [v for v in served if v.name in settings.drift]
+    unknown = sorted(set(settings.drift) - {v.name for v in served})
+    if unknown:
+        raise RepositoryError(f"drift: models {unknown} are not among those served")
+    for version in watched:
+        feature_schema(version, settings.drift[version.name], load_reference(version, settings.drift[version.name]))
+    return DriftMonitorDeployment.options(
+        name=DRIFT_DEPLOYMENT, ray_actor_options={"num_cpus": settings.num_cpus_ingress}
+    ).bind(
+        settings.repository,
+        settings.storage_uri,
+        {model: s.model_dump() for model, s in settings.drift.items()},
+        [(v.name, v.version) for v in watched],
+        experiments,
+    )
 
 
 def version_pipeline(repository: str, version: ModelVersion, settings: GraphArgs) -> dict:

@@ -44,6 +44,49 @@ def _shadow_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drift_fit(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    import yaml
+    from pydantic import ValidationError
+
+    from serve_app.config import DriftSettings, describe_validation_error
+    from serve_app.drift import BUNDLE_FOLDER, build_detectors
+    from serve_app.errors import InvalidInput
+    from serve_app.repository import ModelRepository
+
+    settings: dict = {}
+    if args.config:
+        applications = yaml.safe_load(Path(args.config).read_text())["applications"]
+        app = next((a for a in applications if args.app in (None, a.get("name"))), None)
+        if app is None:
+            raise InvalidInput(f"{args.config}: no application named '{args.app}'")
+        settings = dict(app.get("args", {}).get("drift", {}).get(args.model, {}))
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InvalidInput(f"--set {item!r}: expected KEY=VALUE")
+        settings[key] = yaml.safe_load(value)
+    try:
+        drift = DriftSettings.model_validate(settings)
+    except ValidationError as error:
+        raise InvalidInput(describe_validation_error(error, f"drift settings of '{args.model}'")) from None
+    repository = ModelRepository(args.repository)
+    if args.version:
+        versions = [repository.version(args.model, args.version)]
+    else:
+        versions = repository.served_versions(args.model)
+    for version in versions:
+        start = time.perf_counter()
+        detectors = build_detectors(version, drift)
+        detectors.save(version.path / BUNDLE_FOLDER)
+        took = time.perf_counter() - start
+        print(f"{version.name} v{version.version}: {drift.mode} detectors over {detectors.schema.names}, "
+              f"configured in {took:.1f} s -> {version.path / BUNDLE_FOLDER}")  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="serve-app", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     shadow.add_argument("--model", required=True)
     shadow.add_argument("--out", default="shadow_report.html")
     shadow.set_defaults(run=_shadow_report)
+    drift = commands.add_parser("drift", help="drift detectors").add_subparsers(dest="action", required=True)
+    fit = drift.add_parser(
+        "fit", help="configure a version's detectors offline (online ones take minutes) and save them beside it"
+    )
+    fit.add_argument("--repository", default="model_repository")
+    fit.add_argument("--model", required=True)
+    fit.add_argument("--version", type=int, help="default: every served version")
+    fit.add_argument("--config", help="a Serve config whose application args hold the model's drift settings")
+    fit.add_argument("--app", help="the application in --config; default: the first")
+    fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a drift setting (repeatable)")
+    fit.set_defaults(run=_drift_fit)
     return parser
 
 

@@ -163,6 +163,65 @@ class TrafficSettings(Strict):
         return sorted({self.champion, *([self.challenger] if self.challenger else []), *self.shadows})
 
 
+class AlertSettings(Strict):
+    """Where a drift alert goes. Both may be set; each gets the evidence as JSON."""
+
+    webhook_url: str | None = Field(None, pattern=r"^https?://")
+    """POSTed the alert as a JSON body."""
+    command: list[str] | None = Field(None, min_length=1)
+    """Run (no shell) with the alert as JSON on stdin and in $SERVE_APP_DRIFT_ALERT: e.g. a retraining job."""
+    timeout_s: float = Field(10.0, gt=0.0)
+    """Longest a webhook call or a command may take; a late one is abandoned and counted."""
+
+
+class DriftSettings(Strict):
+    """Drift monitoring of one model: its inputs against the reference sample, its scores against
+    the scores each version gives that sample."""
+
+    mode: Literal["window", "online"] = "window"
+    """window: a test per window of rows (TabularDrift: KS for numeric, Chi-squared for categorical
+    features; KSDrift for scores). online: alibi-detect's online detectors row by row for numeric
+    features and scores (categorical features keep the windowed Chi-squared test)."""
+    window_size: int = Field(1000, ge=20)
+    """Rows per check (per version)."""
+    window_s: float | None = Field(None, gt=0.0)
+    """Also check a partial window this long after its first row, once it has min_window_size rows."""
+    min_window_size: int = Field(100, ge=20)
+    """Fewest rows a time-closed window needs; fewer wait for more."""
+    p_val: float = Field(0.05, gt=0.0, lt=0.5)
+    """Window mode: the chance of a false alarm per window, after the correction."""
+    correction: Literal["bonferroni", "fdr"] = "bonferroni"
+    """Multiple-testing correction across features."""
+    features: list[str] | None = None
+    """Inputs to watch; default: the preprocessor's features, else the reference's columns that are
+    one-value-per-row model inputs."""
+    reference: str | None = None
+    """A Parquet file of raw inputs; default: reference.parquet beside each model version."""
+    max_reference_rows: int = Field(5000, ge=100)
+    """A larger reference is sampled down to this many rows (seeded)."""
+    online_detector: Literal["cvm", "mmd"] = "cvm"
+    """Online mode: CVMDriftOnline (per feature) or MMDDriftOnline (all numeric features together)."""
+    ert: float = Field(1000.0, gt=0.0)
+    """Online mode: expected rows between false alarms."""
+    online_window_size: int = Field(50, ge=10)
+    """Online mode: rows in the detector's test window."""
+    n_bootstraps: int | None = Field(None, ge=100)
+    """Online mode: simulations that configure the thresholds; default 2 x ert x features. Tens of
+    seconds of CPU: configure online detectors offline with `serve-app drift fit` and drop them in."""
+    sample_rate: float = Field(1.0, gt=0.0, le=1.0)
+    """Share of requests the router sends to the monitor."""
+    max_buffered_rows: int = Field(20_000, ge=100)
+    """Rows waiting, in the router and in the monitor each; beyond it, rows are dropped and counted."""
+    alert_after_windows: int = Field(2, ge=1)
+    """Consecutive drifting windows before an alert: it fires once, until a clean window clears it."""
+    alert: AlertSettings = AlertSettings()
+    on_drift: Literal["alert", "freeze_experiment"] = "alert"
+    """freeze_experiment: an alert also pauses automatic decisions in the model's experiment until it
+    clears (a comparison on drifting inputs is not trustworthy); guardrails still act."""
+    history_size: int = Field(50, ge=1)
+    """Window summaries kept for the drift endpoint; the storage keeps every check."""
+
+
 class GraphArgs(Strict):
     """The `args` of an application in configs/*.yaml, shared by every graph builder."""
 
@@ -182,6 +241,8 @@ class GraphArgs(Strict):
     max_ongoing_requests_ingress: int = Field(1000, ge=1)
     """Concurrent requests one ingress or preprocessor replica takes. They are async and
     cheap per request; Serve's default of 5 makes callers back off and retry under load."""
+    drift: dict[str, DriftSettings] = {}
+    """Models whose inputs and scores the drift monitor watches."""
 
 
 def describe_validation_error(error: ValidationError, source: str) -> str:

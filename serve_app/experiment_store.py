@@ -194,6 +194,15 @@ class ExperimentStore:
         self.save(model)
         return entry
 
+    def freeze(self, model: str, frozen: bool, reason: str) -> dict | None:
+        """Pause (or resume) automatic decisions, e.g. while the model's inputs drift."""
+        experiment = self._experiment(model)
+        now = self.clock()
+        entry = experiment.freeze(now, reason) if frozen else experiment.unfreeze(now, reason)
+        if entry is not None:
+            self.save(model)
+        return entry
+
     def save(self, model: str, throttle: bool = False) -> None:
         """Persist a model's experiment; throttled saves wait for flush() at most SAVE_INTERVAL_S."""
         now = self.clock()

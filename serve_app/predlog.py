@@ -1,4 +1,4 @@
-"""Buffered Parquet logs of predictions and feedback, written through pyarrow.fs.
+"""Buffered Parquet logs of predictions, feedback and drift checks, written through pyarrow.fs.
 
 Rows are appended in memory on the request path (a list append) and written in batches by
 `flush()`, which a deployment calls from a background task and once more at shutdown. Each
@@ -29,6 +29,7 @@ logger = logging.getLogger("serve_app.predlog")
 
 PREDICTIONS = "predictions"
 FEEDBACK = "feedback"
+DRIFT = "drift"
 
 PREDICTION_SCHEMA = pa.schema(
     [
@@ -54,7 +55,26 @@ FEEDBACK_SCHEMA = pa.schema(
         ("known", pa.bool_()),
     ]
 )
-SCHEMAS = {PREDICTIONS: PREDICTION_SCHEMA, FEEDBACK: FEEDBACK_SCHEMA}
+DRIFT_SCHEMA = pa.schema(
+    [
+        ("time", pa.timestamp("us", tz="UTC")),
+        ("model", pa.string()),
+        ("version", pa.int64()),
+        ("arm", pa.string()),
+        ("window", pa.int64()),
+        ("rows", pa.int64()),
+        ("kind", pa.string()),  # feature or prediction
+        ("name", pa.string()),  # the feature, or "score"
+        ("test", pa.string()),
+        ("statistic", pa.float64()),
+        ("p_value", pa.float64()),
+        ("threshold", pa.float64()),
+        ("is_drift", pa.bool_()),
+        ("window_drift", pa.bool_()),
+    ]
+)
+"""One row per feature and one for the scores, for every window checked."""
+SCHEMAS = {PREDICTIONS: PREDICTION_SCHEMA, FEEDBACK: FEEDBACK_SCHEMA, DRIFT: DRIFT_SCHEMA}
 
 
 def tensors_as_json(tensors: dict[str, np.ndarray]) -> str:

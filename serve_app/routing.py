@@ -290,6 +290,8 @@ class Experiment:
         self.test = SequentialTest(settings)
         self.history: list[dict[str, Any]] = []
         self.last_recommendation: Decision | None = None
+        self.frozen: str | None = None
+        """Why automatic decisions are paused (drift on the inputs), or None."""
 
     # -- recording -------------------------------------------------------------------------
 
@@ -361,6 +363,8 @@ class Experiment:
         decision = result.decision
         if decision == "promote" and now - self.started_at < self.settings.min_duration_s:
             decision = "continue"  # the running p-value keeps the evidence until the time has passed
+        if self.frozen is not None:
+            decision = "continue"  # on drifting inputs the comparison is not trustworthy; evidence waits
         if decision == "continue":
             return None
         reason = (
@@ -437,6 +441,19 @@ class Experiment:
         raise InvalidInput(f"model '{self.model}': nothing to roll back, the experiment is '{self.status}' "
                            "(only a promotion or a running challenger can be rolled back)")  # fmt: skip
 
+    def freeze(self, now: float, reason: str) -> dict[str, Any] | None:
+        """Pause automatic decisions (guardrails still act); None if already paused."""
+        if self.frozen is not None:
+            return None
+        self.frozen = reason
+        return self._record(now, "freeze", reason, "auto")
+
+    def unfreeze(self, now: float, reason: str) -> dict[str, Any] | None:
+        if self.frozen is None:
+            return None
+        self.frozen = None
+        return self._record(now, "unfreeze", reason, "auto")
+
     def _set_challenger_weight_zero(self) -> None:
         self.traffic = self.traffic.model_copy(update={"challenger_weight": 0.0})
 
@@ -450,6 +467,7 @@ class Experiment:
         return {
             "model": self.model,
             "status": self.status,
+            "frozen": self.frozen,
             "metric": self.settings.metric,
             "traffic": {
                 "champion": {"version": t.champion, "weight": 1.0 - t.challenger_weight},
@@ -480,6 +498,7 @@ class Experiment:
             "arms": [arm.to_dict() for _, arm in sorted(self.arms.items())],
             "min_p_value": self.test.min_p_value,
             "last_recommendation": self.last_recommendation,
+            "frozen": self.frozen,
             "history": [dict(entry) for entry in self.history],
         }
 
@@ -493,5 +512,6 @@ class Experiment:
         experiment.arms = {arm.version: arm for arm in map(ArmStats.from_dict, d["arms"])}
         experiment.test.min_p_value = float(d["min_p_value"])
         experiment.last_recommendation = d["last_recommendation"]
+        experiment.frozen = d.get("frozen")
         experiment.history = [dict(entry) for entry in d["history"]]
         return experiment

@@ -46,11 +46,13 @@ class Cluster:
     """Serve's gRPC proxy, host:port."""
     dashboard_url: str
     """Where `serve deploy --address` sends a config, as ops do."""
+    metrics_url: str
+    """Ray's Prometheus endpoint on this node: every ray.serve.metrics metric, prefixed ray_."""
 
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Cluster:
-    dashboard_port = _free_port()
+    dashboard_port, metrics_port = _free_port(), _free_port()
     # More logical CPUs than cores: replicas mostly wait, and CI has two cores.
     ray.init(
         num_cpus=8,
@@ -58,6 +60,7 @@ def ray_cluster() -> Cluster:
         dashboard_host="127.0.0.1",
         dashboard_port=dashboard_port,
         log_to_driver=False,
+        _metrics_export_port=metrics_port,
         runtime_env={"env_vars": {"SERVE_APP_ADMIN_TOKEN": ADMIN_TOKEN}},
     )
     config = yaml.safe_load(LOCAL_CONFIG.read_text())
@@ -66,7 +69,12 @@ def ray_cluster() -> Cluster:
         http_options={"host": "127.0.0.1", "port": http_port},
         grpc_options={**config["grpc_options"], "port": grpc_port},
     )
-    yield Cluster(f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{dashboard_port}")
+    yield Cluster(
+        f"http://127.0.0.1:{http_port}",
+        f"127.0.0.1:{grpc_port}",
+        f"http://127.0.0.1:{dashboard_port}",
+        f"http://127.0.0.1:{metrics_port}/metrics",
+    )
     serve.shutdown()
     ray.shutdown()
 

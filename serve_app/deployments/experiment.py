@@ -54,6 +54,9 @@ class ExperimentDeployment:
     async def rollback(self, model: str, reason: str, who: str) -> dict:
         return self.store.rollback(model, reason, who)
 
+    async def freeze(self, model: str, frozen: bool, reason: str) -> dict | None:
+        return self.store.freeze(model, frozen, reason)
+
     async def __del__(self):
         self._flusher.cancel()
         self.store.flush()

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 
 from serve_app import __version__
 from serve_app.config import GraphArgs, TrafficSettings
+from serve_app.drift import DriftFeed
 from serve_app.errors import (
     Forbidden,
     InvalidInput,
@@ -56,8 +57,11 @@ READY_TIMEOUT_S = 5.0
 BACKGROUND_INTERVAL_S = 1.0
 SHADOW_TIMEOUT_S = 10.0
 SHADOW_WINDOW_S = 1.0
-SHUTDOWN_WAIT_S = 3.0
 """How long mirrored requests gather before they go to their shadow version in one call."""
+SHUTDOWN_WAIT_S = 3.0
+DRIFT_TIMEOUT_S = 5.0
+"""Longest a batch of rows waits for the drift monitor; then it is dropped and counted."""
+REPORT_TIMEOUT_S = 10.0
 ADMIN_TOKEN_ENV = "SERVE_APP_ADMIN_TOKEN"
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 HEADER_LENGTH = "inference-header-content-length"
@@ -215,9 +219,11 @@ class Router:
         pipelines: list[dict],
         experiments: DeploymentHandle | None = None,
         initial_traffic: dict[str, dict] | None = None,
+        drift: DeploymentHandle | None = None,
     ):
         """pipelines: one {"model", "version", "preprocessor", "runner"} per served version;
-        experiments: the experiment store, for the models in initial_traffic."""
+        experiments: the experiment store, for the models in initial_traffic;
+        drift: the drift monitor, for the models in settings.drift."""
         self.settings = GraphArgs.model_validate(settings)
         repo = ModelRepository(self.settings.repository)
         endpoints = [
@@ -234,6 +240,9 @@ class Router:
             self.traffic.set_traffic(model, TrafficSettings.model_validate(traffic))
         self.shadows = ShadowQueue()
         self._shadow_calls: set[asyncio.Task] = set()
+        self.drift = drift
+        self.drift_feed = DriftFeed(self.settings.drift if drift is not None else {})
+        self.drift_failures = 0
         if experiments is not None:
             try:
                 await self._sync_with_experiments()  # a restarted app routes by the persisted state at once
@@ -241,6 +250,7 @@ class Router:
                 logger.exception("the experiment store is not reachable yet")
         self._background = asyncio.create_task(self._background_loop())
         self._mirroring = asyncio.create_task(self._mirror_loop())
+        self._drift_shipping = asyncio.create_task(self._drift_loop())
 
     # -- REST --------------------------------------------------------------------------
 
@@ -323,9 +333,9 @@ class Router:
                 self.traffic.record(model, answered_by, route.arm, inference, None, _ms(start), type(error).__name__)
             raise
         response.parameters["arm"] = route.arm
-        self.traffic.record(
-            model, int(response.model_version), route.arm, inference, response.outputs, _ms(start), "ok"
-        )
+        answered_by = int(response.model_version)
+        self.traffic.record(model, answered_by, route.arm, inference, response.outputs, _ms(start), "ok")
+        self.drift_feed.add(model, answered_by, route.arm, inference.inputs, response.outputs)
         for shadow in route.shadows:
             self._mirror(model, shadow, inference)
         return response
@@ -372,6 +382,26 @@ class Router:
         for request in requests:
             self.traffic.record(model, version, "shadow", request, None, _ms(start), type(error).__name__)
 
+    async def _drift_loop(self) -> None:
+        while True:
+            await asyncio.sleep(BACKGROUND_INTERVAL_S)
+            await self._ship_drift_rows()
+
+    async def _ship_drift_rows(self) -> None:
+        """Fire and forget: a slow or restarting monitor costs dropped rows (counted), never a request."""
+        batches = self.drift_feed.take()
+        if not batches:
+            return
+        try:
+            await asyncio.wait_for(self.drift.observe.remote(batches), DRIFT_TIMEOUT_S)
+        except (Exception, asyncio.CancelledError) as error:
+            self.drift_feed.lost(batches)
+            self.drift_failures += 1
+            if self.drift_failures == 1 or self.drift_failures % 100 == 0:
+                logger.warning("the drift monitor did not take rows (%d times so far): %r", self.drift_failures, error)
+            if isinstance(error, asyncio.CancelledError):
+                raise
+
     async def _background_loop(self) -> None:
         while True:
             await asyncio.sleep(BACKGROUND_INTERVAL_S)
@@ -407,6 +437,7 @@ class Router:
         too, so every call to them is bounded), then the last shadows and events."""
         self._background.cancel()
         self._mirroring.cancel()
+        self._drift_shipping.cancel()
         await self._flush_log()
         self._send_shadows()
         if self._shadow_calls:
@@ -416,6 +447,8 @@ class Router:
             await asyncio.wait_for(self._sync_with_experiments(), SHUTDOWN_WAIT_S)
         except Exception:
             logger.warning("the last experiment events could not be delivered at shutdown")
+        if self.drift is not None:
+            await self._ship_drift_rows()
 
     async def _flush_log(self) -> None:
         if self.traffic.log is not None:
@@ -428,6 +461,18 @@ class Router:
         if self.experiments is None or model not in self.traffic.policies:
             raise ModelNotFound(f"model '{model}' has no experiment")
         return self.experiments
+
+    @app.get("/v2/models/{model}/drift", responses=openapi.ERRORS)
+    async def drift_report(self, model: str) -> dict:
+        """Per version: the last window's per-feature statistics and p-values, recent windows,
+        rows seen and dropped, and the open drift episode with its alert."""
+        self.dataplane.endpoint(model)
+        if self.drift is None or model not in self.settings.drift:
+            raise ModelNotFound(f"model '{model}' has no drift monitoring")
+        try:
+            return await asyncio.wait_for(self.drift.report.remote(model), REPORT_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise Unavailable("the drift monitor is not answering (restarting?), retry later") from None
 
     @app.post("/v2/models/{model}/feedback", responses=openapi.ERRORS)
     async def feedback(self, model: str, request: Request) -> dict:

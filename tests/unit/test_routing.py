@@ -373,6 +373,24 @@ def test_min_duration_delays_promotion_but_keeps_the_evidence():
     assert entry is not None and entry["action"] == "promote" and experiment.traffic.champion == 2
 
 
+def test_a_freeze_pauses_decisions_but_not_guardrails_and_keeps_the_evidence():
+    experiment = new_experiment()
+    entry = experiment.freeze(T0, "drift: amount, merchant_category")
+    assert (entry["action"], entry["who"]) == ("freeze", "auto") and experiment.freeze(T0, "again") is None
+    assert feed(experiment, {1: 0.10, 2: 0.30}, pairs=1000) is None
+    assert experiment.status == "running" and experiment.test.min_p_value <= 0.05
+    assert experiment.summary()["frozen"] == "drift: amount, merchant_category"
+    restored = Experiment.from_dict(json.loads(json.dumps(experiment.to_dict())), experiment.settings)
+    assert restored.frozen == experiment.frozen and restored.evaluate(T0) is None
+    assert experiment.unfreeze(T0 + 1, "drift cleared")["action"] == "unfreeze"
+    promoted = experiment.evaluate(T0 + 2)
+    assert promoted is not None and promoted["action"] == "promote"
+    failing = new_experiment()
+    failing.freeze(T0, "drift")
+    stop = feed(failing, {1: 0.1, 2: 0.1}, pairs=1000, error_rate={2: 0.2})
+    assert stop is not None and "error rate" in stop["reason"]
+
+
 def test_without_auto_promote_it_only_recommends_once():
     experiment = new_experiment(auto_promote=False)
     before = experiment.traffic
