@@ -87,6 +87,13 @@ def _drift_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch(args: argparse.Namespace) -> int:
+    from batch.job import run_from_args
+
+    run_from_args(args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="serve-app", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     shadow.add_argument("--model", required=True)
     shadow.add_argument("--out", default="shadow_report.html")
     shadow.set_defaults(run=_shadow_report)
+    from batch.job import add_arguments
+
+    batch = commands.add_parser("batch", help="score Parquet offline with the app's graph (Ray Data)")
+    add_arguments(batch)
+    batch.set_defaults(run=_batch)
+
     drift = commands.add_parser("drift", help="drift detectors").add_subparsers(dest="action", required=True)
     fit = drift.add_parser(
         "fit", help="configure a version's detectors offline (online ones take minutes) and save them beside it"

@@ -189,7 +189,9 @@ class DriftSettings(Strict):
     min_window_size: int = Field(100, ge=20)
     """Fewest rows a time-closed window needs; fewer wait for more."""
     p_val: float = Field(0.05, gt=0.0, lt=0.5)
-    """Window mode: the chance of a false alarm per window, after the correction."""
+    """Window mode: the chance of a false alarm per window of each test (features, after the
+    correction; scores): a window flagged by either has at most 2 x p_val. Alerts need
+    alert_after_windows windows in a row."""
     correction: Literal["bonferroni", "fdr"] = "bonferroni"
     """Multiple-testing correction across features."""
     features: list[str] | None = None
@@ -220,6 +222,15 @@ class DriftSettings(Strict):
     clears (a comparison on drifting inputs is not trustworthy); guardrails still act."""
     history_size: int = Field(50, ge=1)
     """Window summaries kept for the drift endpoint; the storage keeps every check."""
+
+    @model_validator(mode="after")
+    def _windows_fit(self) -> DriftSettings:
+        if self.window_size > self.max_buffered_rows:
+            raise ValueError(f"window_size {self.window_size} exceeds max_buffered_rows {self.max_buffered_rows}: "
+                             "no window would ever fill")  # fmt: skip
+        if self.min_window_size > self.window_size:
+            raise ValueError(f"min_window_size {self.min_window_size} exceeds window_size {self.window_size}")
+        return self
 
 
 class GraphArgs(Strict):
@@ -266,3 +277,34 @@ class ExperimentGraphArgs(GraphArgs):
 
     storage_uri: str = "serve_app_storage"
     experiments: dict[str, ExperimentArgs] = Field(min_length=1)
+
+
+class BatchSettings(Strict):
+    """A batch job over Parquet (configs/batch*.yaml): the graph of an application in a Serve
+    config, scored offline with Ray Data. Command-line flags override these."""
+
+    serve_config: str
+    """The Serve config whose application args define the graph (relative to this file)."""
+    app: str | None = None
+    """The application in serve_config; default: the first."""
+    model: str | None = None
+    """Model to score; default: the one model with an experiment, else the only model served."""
+    version: int | None = None
+    """Version to score; default: the experiment's champion, else the newest served version."""
+    compare: bool = False
+    """Also score the experiment's challenger in the same pass, and summarise their agreement."""
+    drift: bool = False
+    """Also test every batch against the model's reference with the app's drift detectors."""
+    batch_size: int = Field(4096, ge=1)
+    """Rows per call of a scoring actor."""
+    num_actors: int = Field(2, ge=1)
+    """Scoring actors (ActorPoolStrategy size): each loads the preprocessor and the model once."""
+    num_cpus_per_actor: float = Field(0.5, gt=0.0)
+    """Logical CPUs each actor reserves (ONNX Runtime uses its own threads whatever this says); the
+    pool must leave at least one CPU for Ray Data's read and write tasks, or the job waits forever."""
+    num_gpus_per_actor: float = Field(0.0, ge=0.0)
+    """GPUs per scoring actor (fractions share a GPU); ONNX Runtime then runs on CUDA."""
+    pass_through: list[str] | None = None
+    """Input columns copied to the output (ids, keys); default: every column the model does not consume."""
+    files_per_round: int = Field(16, ge=1)
+    """Input files committed together: a re-run skips the rounds already done."""

@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import toml
 from pydantic import Field
 
 from serve_app.config import AlertSettings, DriftSettings, Strict
@@ -49,7 +50,9 @@ logger = logging.getLogger("serve_app.drift")
 BUNDLE_FOLDER = "drift"
 """A detector bundle beside a model version (<version>/drift/) is used instead of building one."""
 BUNDLE_FILE = "bundle.json"
-UNSAFE_SUFFIXES = (".dill", ".pickle", ".pkl")
+UNSAFE_SUFFIXES = (".dill", ".pickle", ".pkl", ".pt", ".pth", ".joblib")
+"""alibi-detect's config loader unpickles files like these (dill, torch.load) when a config names them."""
+SAFE_DETECTORS = {"TabularDrift", "KSDrift", "CVMDriftOnline", "MMDDriftOnline"}
 REFERENCE_SEED = 0
 
 
@@ -222,6 +225,12 @@ def _safe_load(folder: Path):
     unsafe = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix in UNSAFE_SUFFIXES]
     if unsafe:
         raise RepositoryError(f"drift bundle {folder}: refusing pickled objects {unsafe}")
+    config = toml.loads((folder / "config.toml").read_text())
+    if config.get("name") not in SAFE_DETECTORS or config.get("preprocess_fn", "None") != "None":
+        raise RepositoryError(
+            f"drift bundle {folder}: only {sorted(SAFE_DETECTORS)} without a preprocess_fn are loaded, "
+            f"not {config.get('name')!r}"
+        )
     return load_detector(folder / "config.toml", enable_unsafe_loading=False)
 
 
@@ -333,7 +342,8 @@ class Detectors:
             feature = self.schema.features[i]
             features[feature.name] = {
                 "kind": feature.kind, "test": "chi2" if feature.kind == "categorical" else "ks",
-                "statistic": float(result["distance"][j]), "p_value": float(p_values[j]), "is_drift": bool(flags[j]),
+                "statistic": _number(result["distance"][j]), "p_value": _number(p_values[j]),
+                "is_drift": bool(flags[j]),
             }  # fmt: skip
         threshold = result["threshold"]
         threshold = float(np.min(threshold)) if np.ndim(threshold) else float(threshold)
@@ -344,8 +354,8 @@ class Detectors:
             scores.astype(np.float32).reshape(-1, 1), return_p_val=True, return_distance=True
         )["data"]
         return {
-            "test": "ks", "statistic": float(np.ravel(result["distance"])[0]),
-            "p_value": float(np.ravel(result["p_val"])[0]), "is_drift": bool(result["is_drift"]),
+            "test": "ks", "statistic": _number(np.ravel(result["distance"])[0]),
+            "p_value": _number(np.ravel(result["p_val"])[0]), "is_drift": bool(result["is_drift"]),
         }  # fmt: skip
 
     def _online_window(self, role: str, x: np.ndarray) -> tuple[dict[str, dict], bool]:
@@ -372,6 +382,7 @@ class Detectors:
             if result["is_drift"]:
                 detected = True
                 detector.reset_state()
+        _trim_online_state(detector)
         test = "mmd" if multivariate else "cvm"
         features = {
             label: {
@@ -383,6 +394,23 @@ class Detectors:
             for j, label in enumerate(labels)
         }  # fmt: skip
         return features, detected
+
+
+def _number(value) -> float | None:
+    """A statistic as JSON can carry it: NaN (e.g. Chi-squared over one category) becomes None."""
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _trim_online_state(detector) -> None:
+    """alibi-detect's online detectors append every row and statistic to arrays they never trim:
+    keep what the test window needs, so memory and time per row stay flat."""
+    detector = getattr(detector, "_detector", detector)  # MMDDriftOnline wraps a backend detector
+    for name in ("test_stats", "drift_preds"):
+        setattr(detector, name, getattr(detector, name)[:0])
+    windows = getattr(detector, "window_sizes", None)
+    if windows and getattr(detector, "xs", np.empty(0)).size:
+        detector.xs = detector.xs[-max(windows) :]
 
 
 def _online(x_ref: np.ndarray, settings: DriftSettings, kind: str):
@@ -403,9 +431,12 @@ def _online(x_ref: np.ndarray, settings: DriftSettings, kind: str):
             x_ref, ert=settings.ert, window_size=settings.online_window_size, backend="pytorch",
             n_bootstraps=n_bootstraps, device="cpu", verbose=False,
         )  # fmt: skip
+    # Each simulated stream holds an (n + 2 x window)^2 boolean matrix: batches sized to about
+    # 256 MB keep a 5,000-row reference from needing gigabytes (alibi-detect's default is 64 streams).
+    side = len(x_ref) + 2 * settings.online_window_size
     return CVMDriftOnline(
         x_ref, ert=settings.ert, window_sizes=[settings.online_window_size],
-        n_bootstraps=n_bootstraps, verbose=False,
+        n_bootstraps=n_bootstraps, batch_size=max(1, 256_000_000 // side**2), verbose=False,
     )  # fmt: skip
 
 
@@ -454,7 +485,7 @@ class VersionState:
 
 
 def _state_file() -> str:
-    return f"{DRIFT}/state.json"
+    return "drift-monitor/state.json"  # beside the drift table, not in it: readers take every file there
 
 
 class DriftMonitor:
@@ -495,6 +526,10 @@ class DriftMonitor:
             try:
                 state.detectors = detectors_for(version, self.settings[state.model])
                 state.status = "ready"
+                if state.detectors.mode != self.settings[state.model].mode:
+                    logger.warning("drift of %s v%s: the bundle at %s is in %s mode; the config says %s",
+                                   *key, state.detectors.source, state.detectors.mode,
+                                   self.settings[state.model].mode)  # fmt: skip
             except Exception as error:  # one bad version must not stop the others being watched
                 state.status = f"error: {error}"
                 logger.exception("drift detectors of %s v%s could not be loaded", *key)
@@ -514,11 +549,11 @@ class DriftMonitor:
                 if not rows:
                     continue
                 state.arm = batch.get("arm") or state.arm
-                state.rows_seen += rows
                 limit = self.settings[state.model].max_buffered_rows
                 if state.pending_rows + rows > limit:  # checks fell behind: shed load, count it
                     state.rows_dropped += rows
                     continue
+                state.rows_seen += rows
                 state.pending.append((batch["columns"], np.asarray(batch["scores"], dtype=np.float64)))
                 state.pending_rows += rows
                 if state.window_opened_at is None:
@@ -547,6 +582,7 @@ class DriftMonitor:
     def check(self) -> list[dict]:
         """Check every window that is due. Returns the episode events: alerts and clears."""
         events: list[dict] = []
+        checked = 0
         for state in self.states.values():
             if state.detectors is None:
                 continue
@@ -565,7 +601,8 @@ class DriftMonitor:
                     continue
                 with self._lock:
                     events.extend(self._record(state, result, len(scores)))
-        if events or any(s.windows_checked for s in self.states.values()):
+                checked += 1
+        if checked:
             self.save()
         return events
 
@@ -637,12 +674,12 @@ class DriftMonitor:
         """Counters, episodes and recent history survive a restart; checks go to the Parquet log."""
         if self.storage_uri is None:
             return
-        with self._lock:
-            document = {
+        with self._lock:  # copied whole under the lock: the event loop may change alerts meanwhile
+            document = json.loads(json.dumps({
                 "episodes": self.episodes, "alerts": list(self.alerts),
                 "versions": {f"{m}/{v}": {**s.counters(), "arm": s.arm, "last": s.last, "history": list(s.history)}
                              for (m, v), s in self.states.items()},
-            }  # fmt: skip
+            }))  # fmt: skip
         try:
             write_json(self.storage_uri, _state_file(), document)
             if self.log is not None:
@@ -654,7 +691,11 @@ class DriftMonitor:
         if self.storage_uri is None:
             return
         document = read_json(self.storage_uri, _state_file()) or {}
-        self.episodes = {m: e for m, e in document.get("episodes", {}).items() if m in self.settings}
+        for model, episode in document.get("episodes", {}).items():
+            # A version no longer watched can never send the clean window that would close it.
+            episode["versions"] = [v for v in episode["versions"] if (model, v) in self.states]
+            if model in self.settings and episode["versions"]:
+                self.episodes[model] = episode
         self.alerts.extend(document.get("alerts", []))
         for key, saved in document.get("versions", {}).items():
             model, _, version = key.rpartition("/")
@@ -667,19 +708,39 @@ class DriftMonitor:
                 elif hasattr(state, name):
                     setattr(state, name, value)
 
+    def shutdown(self) -> None:
+        """At a stop: rows still waiting for their window will not be checked; count them as dropped."""
+        with self._lock:
+            for state in self.states.values():
+                state.rows_dropped += state.pending_rows
+                state.pending, state.pending_rows, state.window_opened_at = [], 0, None
+        self.save()
+
+    def delivered(self, alert: dict, outcome: dict[str, str]) -> None:
+        with self._lock:
+            alert["delivery"] = outcome
+        self.save()
+
+    def undelivered_alerts(self) -> list[dict]:
+        """Alerts of open episodes that a restart interrupted before they were sent."""
+        with self._lock:
+            open_alerts = [e["alert"] for e in self.episodes.values()]
+            return [a for a in self.alerts if "delivery" not in a and a in open_alerts]
+
     def report(self, model: str) -> dict:
         settings = self.settings[model]
         with self._lock:
             versions = {
                 str(s.version): {
                     "arm": s.arm, "detectors": s.status, "source": s.detectors.source if s.detectors else None,
+                    "mode": s.detectors.mode if s.detectors else settings.mode,
                     **s.counters(), "rows_pending": s.pending_rows, "window_size": settings.window_size,
                     "last": s.last, "history": list(s.history),
                 }
                 for s in self.states.values() if s.model == model
             }  # fmt: skip
             return {
-                "model": model, "mode": settings.mode, "alert_after_windows": settings.alert_after_windows,
+                "model": model, "alert_after_windows": settings.alert_after_windows,
                 "on_drift": settings.on_drift, "episode": self.episodes.get(model),
                 "alerts": [a for a in self.alerts if a["model"] == model], "versions": versions,
             }  # fmt: skip
@@ -706,8 +767,12 @@ class DriftFeed:
     """Rows waiting in a router replica for the monitor. add() is a list append on the request
     path; beyond max_buffered_rows per model, rows are dropped and counted, never waited for."""
 
-    def __init__(self, settings: Mapping[str, DriftSettings], seed: int | None = None):
+    def __init__(
+        self, settings: Mapping[str, DriftSettings], columns: Mapping[str, list[str]], seed: int | None = None
+    ):
+        """columns: per model, the inputs to keep (one value per row); the rest of a request is not copied."""
         self.settings = dict(settings)
+        self.columns = dict(columns)
         self._pending: dict[tuple[str, int], list] = defaultdict(list)
         self._rows: dict[str, int] = defaultdict(int)
         self.dropped: dict[tuple[str, int], int] = defaultdict(int)
@@ -723,9 +788,10 @@ class DriftFeed:
             self.dropped[(model, version)] += rows
             return
         scores = row_scores(outputs, rows)
-        if scores is None:
-            return
-        self._pending[(model, version)].append((arm, inputs, scores))
+        kept = {name: inputs[name].reshape(rows) for name in self.columns[model] if inputs[name].size == rows}
+        if scores is None or len(kept) != len(self.columns[model]):
+            return  # no score, or inputs not one value per row: nothing a detector can take
+        self._pending[(model, version)].append((arm, kept, scores))
         self._rows[model] += rows
 
     def take(self) -> list[dict]:

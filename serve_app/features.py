@@ -183,6 +183,32 @@ class Preprocessor:
             offset += f.width
         return {self.spec.output_name: out}
 
+    def row_problems(self, frame: pd.DataFrame) -> pd.Series:
+        """Per row, why transform() would refuse it (a missing value, a wrong type), or None.
+        Batch jobs score the other rows and set these aside with their reason."""
+        problems = pd.Series([None] * len(frame), index=frame.index, dtype=object)
+        for f in self.spec.features:
+            values = frame[f.name]
+            if isinstance(f, NumericFeature):
+                numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+                bad = ~np.isfinite(numbers.to_numpy())
+                reason = f"'{f.name}' is missing or not a finite number"
+            elif isinstance(f, CategoricalFeature):
+                # A column of text, perhaps with gaps, is checked at C speed; a mixed one value by value.
+                if pd.api.types.infer_dtype(values, skipna=True) in ("string", "bytes", "empty"):
+                    bad = values.isna().to_numpy()
+                else:
+                    bad = ~values.map(lambda v: isinstance(v, (str, bytes))).to_numpy(bool)
+                reason = f"'{f.name}' is missing or not a string"
+            else:
+                if values.dtype == np.bool_:
+                    bad = np.zeros(len(values), dtype=bool)
+                else:
+                    bad = ~values.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(bool)
+                reason = f"'{f.name}' is missing or not a boolean"
+            problems[bad & problems.isna().to_numpy()] = reason  # the first problem of a row is named
+        return problems
+
     def transform_frame(self, frame: pd.DataFrame) -> np.ndarray:
         return self.transform({f.name: frame[f.name].to_numpy() for f in self.spec.features})[self.spec.output_name]
 

@@ -14,6 +14,9 @@ from serve_app.repository import ModelRepository
 logger = logging.getLogger("ray.serve")
 CHECK_INTERVAL_S = 0.5
 FREEZE_TIMEOUT_S = 10.0
+RECONCILE_INTERVAL_S = 10.0
+"""How often each experiment's freeze is set again from the open episodes (a call that failed,
+or an experiment started anew by `serve deploy`, is put right)."""
 
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=1000)
@@ -36,7 +39,7 @@ class DriftMonitorDeployment:
             storage_uri,
         )
         self.experiments = experiments
-        self._actions: set[asyncio.Task] = set()
+        self._events: asyncio.Queue[dict] = asyncio.Queue()
         tags = ("model", "version", "feature")
         self._p_value = metrics.Gauge("serve_app_drift_p_value", "p-value of the last window", tag_keys=tags)
         self._statistic = metrics.Gauge("serve_app_drift_statistic", "statistic of the last window", tag_keys=tags)
@@ -47,7 +50,9 @@ class DriftMonitorDeployment:
             "serve_app_drift_rows_dropped", "rows not checked (buffers full)", tag_keys=("model", "version")
         )
         self._alerts = metrics.Counter("serve_app_drift_alerts", "drift alerts fired", tag_keys=("model",))
-        self._checking = asyncio.get_event_loop().create_task(self._check_forever())
+        loop = asyncio.get_event_loop()
+        self._checking = loop.create_task(self._check_forever())
+        self._acting = loop.create_task(self._act_forever())
 
     async def observe(self, batches: list[dict]) -> None:
         self.monitor.observe(batches)
@@ -58,33 +63,59 @@ class DriftMonitorDeployment:
     async def _check_forever(self) -> None:
         # Building detectors takes seconds (online ones tens): rows are taken meanwhile.
         await asyncio.to_thread(self.monitor.load_detectors)
+        for alert in self.monitor.undelivered_alerts():  # a restart came between an alert and its delivery
+            self._events.put_nowait(alert)
+        reconciled = 0.0
         while True:
             await asyncio.sleep(CHECK_INTERVAL_S)
             try:
-                events = await asyncio.to_thread(self.monitor.check)
+                for event in await asyncio.to_thread(self.monitor.check):
+                    self._events.put_nowait(event)
                 self._export()
             except Exception:  # the monitor must outlive any one bad round
                 logger.exception("drift check round failed")
-                continue
-            for event in events:
-                task = asyncio.create_task(self._act(event))
-                self._actions.add(task)
-                task.add_done_callback(self._actions.discard)
+            now = asyncio.get_running_loop().time()
+            if now - reconciled >= RECONCILE_INTERVAL_S:
+                reconciled = now
+                await self._reconcile_freezes()
+
+    async def _act_forever(self) -> None:
+        """Events in the order they happened: a clear never overtakes the freeze of its alert."""
+        while True:
+            event = await self._events.get()
+            try:
+                await self._act(event)
+            except Exception:
+                logger.exception("acting on a drift event failed")
 
     async def _act(self, event: dict) -> None:
         model = event["model"]
         settings = self.monitor.settings[model]
-        if event["event"] == "drift":
+        drifting = event["event"] == "drift"
+        if settings.on_drift == "freeze_experiment":  # first: the freeze must not wait on a slow webhook
+            reason = event["message"] if drifting else f"drift cleared (episode since {event['since']})"
+            await self._freeze(model, drifting, reason)
+        if drifting:
             self._alerts.inc(tags={"model": model})
-            event["delivery"] = await deliver_alert(event, settings.alert)  # shown in the report
-        if settings.on_drift == "freeze_experiment" and self.experiments is not None:
-            frozen = event["event"] == "drift"
-            reason = event["message"] if frozen else f"drift cleared (episode since {event['since']})"
-            try:
-                await asyncio.wait_for(self.experiments.freeze.remote(model, frozen, reason), FREEZE_TIMEOUT_S)
-            except Exception as error:  # no experiment for this model, or the store is away
-                logger.warning("drift of %s: could not %s its experiment: %r", model,
-                               "freeze" if frozen else "unfreeze", error)  # fmt: skip
+            self.monitor.delivered(event, await deliver_alert(event, settings.alert))
+
+    async def _freeze(self, model: str, frozen: bool, reason: str, quiet: bool = False) -> None:
+        if self.experiments is None:
+            return
+        try:
+            await asyncio.wait_for(self.experiments.freeze.remote(model, frozen, reason), FREEZE_TIMEOUT_S)
+        except Exception as error:  # no experiment for this model, or the store is away: reconciled later
+            (logger.debug if quiet else logger.warning)(
+                "drift of %s: could not %s its experiment: %r", model, "freeze" if frozen else "unfreeze", error
+            )
+
+    async def _reconcile_freezes(self) -> None:
+        """Each experiment frozen exactly while its model has an open drift episode (idempotent)."""
+        for model, settings in self.monitor.settings.items():
+            if settings.on_drift == "freeze_experiment":
+                episode = self.monitor.episodes.get(model)
+                reason = episode["alert"]["message"] if episode else "no drift episode open"
+                await self._freeze(model, episode is not None, reason, quiet=True)
 
     def _export(self) -> None:
         for state in self.monitor.states.values():
@@ -105,4 +136,5 @@ class DriftMonitorDeployment:
 
     async def __del__(self):
         self._checking.cancel()
-        await asyncio.to_thread(self.monitor.save)
+        self._acting.cancel()
+        await asyncio.to_thread(self.monitor.shutdown)

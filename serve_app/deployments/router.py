@@ -210,6 +210,13 @@ class HandleEndpoint(Endpoint):
         return all(states)
 
 
+def _drift_columns(endpoints: list[Endpoint], model: str, settings) -> list[str]:
+    """The request inputs the drift monitor needs: one value per row, named in settings.features if set."""
+    specs = next(e.input_specs for e in endpoints if e.name == model)
+    per_row = [s.name for s in specs if s.dims[1:] in ([], [1])]
+    return [name for name in per_row if settings.features is None or name in settings.features]
+
+
 @serve.deployment
 @serve.ingress(app)
 class Router:
@@ -241,7 +248,8 @@ class Router:
         self.shadows = ShadowQueue()
         self._shadow_calls: set[asyncio.Task] = set()
         self.drift = drift
-        self.drift_feed = DriftFeed(self.settings.drift if drift is not None else {})
+        watched = self.settings.drift if drift is not None else {}
+        self.drift_feed = DriftFeed(watched, {m: _drift_columns(endpoints, m, s) for m, s in watched.items()})
         self.drift_failures = 0
         if experiments is not None:
             try:
@@ -335,7 +343,10 @@ class Router:
         response.parameters["arm"] = route.arm
         answered_by = int(response.model_version)
         self.traffic.record(model, answered_by, route.arm, inference, response.outputs, _ms(start), "ok")
-        self.drift_feed.add(model, answered_by, route.arm, inference.inputs, response.outputs)
+        try:
+            self.drift_feed.add(model, answered_by, route.arm, inference.inputs, response.outputs)
+        except Exception:  # drift is best effort: never the client's problem
+            logger.exception("drift: a request's rows could not be buffered")
         for shadow in route.shadows:
             self._mirror(model, shadow, inference)
         return response
@@ -389,11 +400,11 @@ class Router:
 
     async def _ship_drift_rows(self) -> None:
         """Fire and forget: a slow or restarting monitor costs dropped rows (counted), never a request."""
-        batches = self.drift_feed.take()
-        if not batches:
-            return
+        batches = []
         try:
-            await asyncio.wait_for(self.drift.observe.remote(batches), DRIFT_TIMEOUT_S)
+            batches = self.drift_feed.take()
+            if batches:
+                await asyncio.wait_for(self.drift.observe.remote(batches), DRIFT_TIMEOUT_S)
         except (Exception, asyncio.CancelledError) as error:
             self.drift_feed.lost(batches)
             self.drift_failures += 1
@@ -471,8 +482,8 @@ class Router:
             raise ModelNotFound(f"model '{model}' has no drift monitoring")
         try:
             return await asyncio.wait_for(self.drift.report.remote(model), REPORT_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            raise Unavailable("the drift monitor is not answering (restarting?), retry later") from None
+        except Exception as error:
+            raise Unavailable(f"the drift monitor is not answering (restarting?), retry later: {error!r}") from None
 
     @app.post("/v2/models/{model}/feedback", responses=openapi.ERRORS)
     async def feedback(self, model: str, request: Request) -> dict:

@@ -87,7 +87,6 @@ def test_no_drift_false_alarms_stay_within_p_val(fraud_v1):
     # p_val 0.05 per test; the binomial spread over 100 windows is about 0.022.
     assert data_alarms <= 0.05 + 0.05, history
     assert prediction_alarms <= 0.05 + 0.05, history
-    assert monitor.episodes == {} or state.windows_drifting >= 2
 
 
 def test_shifted_feature_and_category_are_named_within_two_windows(fraud_v1):
@@ -222,6 +221,12 @@ def test_bundles_with_pickled_objects_are_refused(fraud_v1, tmp_path):
     with pytest.raises(RepositoryError, match="refusing pickled objects"):
         Detectors.load(tmp_path)
     (tmp_path / "data" / "preprocess_fn.dill").unlink()
+    config = tmp_path / "data" / "config.toml"
+    original = config.read_text()
+    config.write_text(original.replace('name = "TabularDrift"', 'name = "ClassifierDrift"'))
+    with pytest.raises(RepositoryError, match="not 'ClassifierDrift'"):
+        Detectors.load(tmp_path)
+    config.write_text(original)
     (tmp_path / "prediction" / "config.toml").unlink()
     with pytest.raises(RepositoryError, match=r"no config\.toml"):
         Detectors.load(tmp_path)
@@ -229,10 +234,11 @@ def test_bundles_with_pickled_objects_are_refused(fraud_v1, tmp_path):
 
 def test_online_mode_detects_a_shift_and_stays_quiet_on_reference_traffic(fraud_v1):
     # Few simulations keep this test quick; an expected run time of 1,500 rows makes a false alarm
-    # in the 200 quiet rows unlikely (about one in eight), and this stream is fixed by its seed.
+    # in the 200 quiet rows unlikely (about one in eight); the stream and the thresholds are seeded.
     settings = {"mode": "online", "ert": 1500, "online_window_size": 30, "n_bootstraps": 1600, "window_size": 200}
     with pytest.raises(RepositoryError, match=r"n_bootstraps 1600 is too few for ert 1500\.0 over 5"):
         detectors_for(fraud_v1, DriftSettings(**settings))
+    np.random.seed(0)  # alibi-detect simulates the thresholds with numpy's global generator
     monitor = monitor_for(fraud_v1, **{**settings, "features": ["amount", "merchant_category"]})
     detectors = monitor.states[("fraud", 1)].detectors
     assert {type(d).__name__ for d in detectors.detectors.values()} == {"CVMDriftOnline", "TabularDrift"}
@@ -248,6 +254,13 @@ def test_online_mode_detects_a_shift_and_stays_quiet_on_reference_traffic(fraud_
     assert shifted["data"]["features"]["amount"]["statistic"] > shifted["data"]["features"]["amount"]["threshold"]
 
 
+def test_settings_that_could_never_check_a_window_are_refused():
+    with pytest.raises(ValueError, match="window_size 5000 exceeds max_buffered_rows 1000"):
+        DriftSettings(window_size=5000, max_buffered_rows=1000)
+    with pytest.raises(ValueError, match="min_window_size 300 exceeds window_size 200"):
+        DriftSettings(window_size=200, min_window_size=300)
+
+
 def test_feature_flags_apply_the_correction():
     p = np.array([0.001, 0.02, 0.03, 0.5])
     assert feature_flags(p, 0.05, "bonferroni").tolist() == [True, False, False, False]
@@ -255,8 +268,8 @@ def test_feature_flags_apply_the_correction():
 
 
 def test_the_feed_is_bounded_samples_and_reports_what_it_dropped():
-    settings = {"fraud": DriftSettings(max_buffered_rows=100)}
-    feed = DriftFeed(settings, seed=0)
+    settings = {"fraud": DriftSettings(max_buffered_rows=100, window_size=100, min_window_size=50)}
+    feed = DriftFeed(settings, {"fraud": ["amount", "merchant_category"]}, seed=0)
     inputs = {"amount": np.ones(60, dtype=np.float32), "merchant_category": np.array([b"fuel"] * 60, dtype=object)}
     outputs = {"fraud_probability": np.full(60, 0.1, dtype=np.float32)}
     feed.add("fraud", 1, "champion", inputs, outputs)
@@ -267,7 +280,7 @@ def test_the_feed_is_bounded_samples_and_reports_what_it_dropped():
     feed.lost([taken])
     (report,) = feed.take()
     assert len(report["scores"]) == 0 and report["dropped"] == 120
-    sampled = DriftFeed({"fraud": DriftSettings(sample_rate=0.25, max_buffered_rows=10**6)}, seed=1)
+    sampled = DriftFeed({"fraud": DriftSettings(sample_rate=0.25)}, {"fraud": ["amount", "merchant_category"]}, seed=1)
     one = {k: v[:1] for k, v in inputs.items()}
     for _ in range(2000):
         sampled.add("fraud", 1, "champion", one, {"fraud_probability": outputs["fraud_probability"][:1]})
