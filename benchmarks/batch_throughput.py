@@ -16,6 +16,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,13 +73,11 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=10)
     parser.add_argument("--actors", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8192)
-    parser.add_argument("--workdir", default="/tmp/serve-app-batch-bench")
+    parser.add_argument("--workdir", help="where the data set and the output go; default: a new temporary folder")
     args = parser.parse_args()
-    workdir = Path(args.workdir)
-    if workdir.exists():
-        import shutil
-
-        shutil.rmtree(workdir)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="batch-bench-"))
+    if workdir.exists() and any(workdir.iterdir()):
+        raise SystemExit(f"--workdir {workdir} is not empty")
     repository = workdir / "model_repository"
     build_demo_repository(repository)
     config = workdir / "serve.yaml"
