@@ -47,6 +47,7 @@ bench: install
 	$(BIN)/python benchmarks/shadow_latency.py
 	$(BIN)/python benchmarks/drift_overhead.py
 	$(BIN)/python benchmarks/batch_throughput.py
+	$(BIN)/python benchmarks/quantization.py
 
 # The gRPC modules are generated from the .proto beside them by the pinned grpcio-tools (dev extra).
 proto: install

@@ -13,6 +13,10 @@ def _demo_build(args: argparse.Namespace) -> int:
     from serve_app.demo import build_demo_repository
 
     metrics = build_demo_repository(args.out, seed=args.seed)
+    if args.wide:
+        from serve_app.demo import build_wide_model
+
+        metrics["wide"] = build_wide_model(args.out, seed=args.seed)
     print(f"demo repository written to {args.out}")
     print(json.dumps(metrics, indent=1))
     return 0
@@ -87,6 +91,16 @@ def _drift_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantize(args: argparse.Namespace) -> int:
+    from serve_app.quantize import quantize, render_markdown
+
+    report = quantize(args.repository, args.model, args.version, args.to, args.calibration,
+                      args.max_accuracy_drop, args.label)  # fmt: skip
+    print(render_markdown(report))
+    print(f"registered as {args.model} v{report['version']} (report: quantization.json and quantization.md beside it)")
+    return 0
+
+
 def _batch(args: argparse.Namespace) -> int:
     from batch.job import run_from_args
 
@@ -102,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     build = demo.add_parser("build", help="train the demo fraud model (versions 1 and 2) into a repository")
     build.add_argument("--out", default="model_repository", help="repository root to write")
     build.add_argument("--seed", type=int, default=7)
+    build.add_argument("--wide", action="store_true", help="also build fraud-wide, a large MLP (quantisation demo)")
     build.set_defaults(run=_demo_build)
 
     repository = commands.add_parser("repository", help="the model repository").add_subparsers(
@@ -117,6 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     shadow.add_argument("--model", required=True)
     shadow.add_argument("--out", default="shadow_report.html")
     shadow.set_defaults(run=_shadow_report)
+    from serve_app.quantize import TARGETS
+
+    quantize = commands.add_parser("quantize", help="an INT8 or FP16 variant of a version, as a new version")
+    quantize.add_argument("--repository", default="model_repository")
+    quantize.add_argument("--model", required=True)
+    quantize.add_argument("--version", type=int, required=True)
+    quantize.add_argument("--to", required=True, choices=TARGETS)
+    quantize.add_argument("--calibration", help="int8-static: Parquet rows (default: the version's reference)")
+    quantize.add_argument("--max-accuracy-drop", type=float, help="refuse a variant that loses more AUC than this")
+    quantize.add_argument("--label", help="label column of <model>/validation.parquet (default: the one 0/1 column)")
+    quantize.set_defaults(run=_quantize)
+
     from batch.job import add_arguments
 
     batch = commands.add_parser("batch", help="score Parquet offline with the app's graph (Ray Data)")

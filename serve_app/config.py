@@ -76,6 +76,8 @@ class RuntimeOptions(Strict):
     """auto: the GPU when one is really usable and num_gpus > 0, else the CPU."""
     tensorrt: bool = False
     """ONNX Runtime only: ask for the TensorRT provider ahead of CUDA (needs TensorRT's libraries)."""
+    tensorrt_precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    """TensorRT only: let it build FP16 or INT8 kernels (trt_fp16_enable / trt_int8_enable)."""
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     """PyTorch only: the dtype the module runs in (inputs are cast to it)."""
     warmup: bool = True

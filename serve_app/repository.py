@@ -4,12 +4,14 @@
     <root>/<model>/<version>/model.onnx | model.pt | model.pt2
     <root>/<model>/<version>/preprocessor.json   (optional: raw named inputs -> model tensor)
     <root>/<model>/<version>/reference.parquet   (optional: a sample of training inputs)
+    <root>/<model>/<version>/variant.json        (a variant made by `serve-app quantize`: precision, source)
 
 Anything broken is reported at start with the file and the field that is wrong.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -25,6 +27,7 @@ from serve_app.features import Preprocessor
 CONFIG_FILE = "config.yaml"
 PREPROCESSOR_FILE = "preprocessor.json"
 REFERENCE_FILE = "reference.parquet"
+VARIANT_FILE = "variant.json"
 MODEL_FILES = {"onnxruntime_onnx": ("model.onnx",), "pytorch_libtorch": ("model.pt2", "model.pt")}
 _NAME = re.compile(NAME_PATTERN)
 
@@ -53,6 +56,21 @@ class ModelVersion:
     def preprocessor(self) -> Preprocessor | None:
         path = self.path / PREPROCESSOR_FILE
         return Preprocessor.load(path) if path.is_file() else None
+
+    @cached_property
+    def variant(self) -> dict:
+        """<version>/variant.json, written by `serve-app quantize`: precision, source version, method."""
+        path = self.path / VARIANT_FILE
+        if not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except ValueError as error:
+            raise RepositoryError(f"{path}: not valid JSON: {error}") from None
+
+    @property
+    def precision(self) -> str:
+        return self.variant.get("precision", "fp32")
 
     @property
     def reference_file(self) -> Path | None:

@@ -276,11 +276,23 @@ class Router:
 
     @app.get("/v2/models/{model}", response_model=openapi.ModelMetadata, responses=openapi.ERRORS)
     async def model_metadata(self, model: str) -> dict:
-        return self.dataplane.model_metadata(model)
+        return await self._metadata(model, None)
 
     @app.get("/v2/models/{model}/versions/{version}", response_model=openapi.ModelMetadata, responses=openapi.ERRORS)
     async def version_metadata(self, model: str, version: str) -> dict:
-        return self.dataplane.model_metadata(model, version)
+        return await self._metadata(model, version)
+
+    async def _metadata(self, model: str, version: str | None) -> dict:
+        """The protocol's metadata, plus where the version really runs (asked of its replica)."""
+        metadata = self.dataplane.model_metadata(model, version)
+        endpoint = self.dataplane.endpoint(model, version)
+        try:
+            described = await asyncio.wait_for(endpoint.model.describe.remote(), READY_TIMEOUT_S)
+        except Exception:  # metadata must answer even while a replica restarts
+            return metadata
+        providers = described.get("providers") or [described["platform"]]
+        metadata["parameters"].update(device=described["device"], execution_provider=providers[0])
+        return metadata
 
     @app.get("/v2/models/{model}/config", responses=openapi.ERRORS)
     async def model_config(self, model: str) -> dict:

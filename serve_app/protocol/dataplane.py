@@ -33,6 +33,7 @@ class Endpoint(ABC):
         self.max_batch_size = model.config.max_batch_size
         self.input_specs: list[TensorSpec] = model.input_specs
         self.output_specs: list[TensorSpec] = list(model.config.outputs)
+        self.precision = model.precision
 
     @abstractmethod
     async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -48,6 +49,7 @@ class Endpoint(ABC):
             "platform": self.platform,
             "inputs": [_spec_metadata(s) for s in self.input_specs],
             "outputs": [_spec_metadata(s) for s in self.output_specs],
+            "parameters": {"precision": self.precision},
         }
 
 

@@ -87,6 +87,8 @@ class ModelMetadata(_Schema):
     platform: Literal["onnxruntime_onnx", "pytorch_libtorch"]
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+    parameters: dict[str, str] = {}
+    """serve-app's extension: the version's precision (fp32, fp16, int8)."""
 
 
 ERRORS = {status: {"model": Error} for status in (400, 404, 413, 422, 503, 504)}

@@ -1,0 +1,57 @@
+"""A quantised version served like any other: challenger at 50% with the fp32 v2 as a shadow."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import httpx
+import pytest
+from ray import serve
+
+from graphs.champion_challenger import build_app
+from serve_app.demo import request_columns, synthetic_transactions
+from serve_app.predlog import PREDICTIONS, read_table
+from serve_app.protocol.rest import request_body
+from serve_app.quantize import quantize
+
+APP = "quantized"
+PREFIX = "/quantized"
+
+
+@pytest.fixture(scope="module")
+def app(ray_cluster, demo_repository, tmp_path_factory):
+    root = tmp_path_factory.mktemp("quantized") / "repository"
+    shutil.copytree(demo_repository / "fraud", root / "fraud")
+    version = quantize(root, "fraud", 2, "int8-dynamic")["version"]
+    storage = tmp_path_factory.mktemp("quantized-storage")
+    traffic = {"champion": 1, "challenger": version, "challenger_weight": 0.5, "shadows": [2], "shadow_fraction": 1.0}
+    args = {"repository": str(root), "storage_uri": str(storage), "models": ["fraud"],
+            "experiments": {"fraud": {"traffic": traffic}}}  # fmt: skip
+    serve.run(build_app(args), name=APP, route_prefix=PREFIX)
+    yield {"url": ray_cluster.http_url + PREFIX, "version": version, "storage": storage}
+    serve.delete(APP)
+
+
+def test_an_int8_challenger_answers_and_an_fp32_shadow_is_compared(app):
+    version = str(app["version"])
+    with httpx.Client(base_url=app["url"], timeout=30) as http:
+        metadata = http.get(f"/v2/models/fraud/versions/{version}").json()
+        on_cpu = {"device": "cpu", "execution_provider": "CPUExecutionProvider"}
+        assert metadata["parameters"] == {"precision": "int8", **on_cpu}
+        assert http.get("/v2/models/fraud/versions/1").json()["parameters"] == {"precision": "fp32", **on_cpu}
+        answered = set()
+        for n in range(30):
+            body = request_body(request_columns(synthetic_transactions(1, seed=70 + n)), f"q-{n}")
+            response = http.post("/v2/models/fraud/infer", json=body)
+            assert response.status_code == 200, response.text
+            answered.add(response.headers["x-model-version"])
+    assert answered == {"1", version}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        log = read_table(str(app["storage"]), PREDICTIONS, "fraud").to_pandas()
+        if (log["role"] == "shadow").sum() >= 30:
+            break
+        time.sleep(0.5)
+    assert set(log.loc[log["role"] == "shadow", "version"]) == {2}
+    assert set(log.loc[log["role"] == "challenger", "version"]) == {int(version)}
