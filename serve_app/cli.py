@@ -101,6 +101,21 @@ def _quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _register(args: argparse.Namespace) -> int:
+    from serve_app.onboarding import register
+
+    print(json.dumps(register(args.repository, args.model, args.onnx, args.preprocessor, args.reference), indent=1))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from serve_app.onboarding import export
+
+    result = export(args.repository, args.model, args.torch, args.example, args.tolerance, args.preprocessor)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def _batch(args: argparse.Namespace) -> int:
     from batch.job import run_from_args
 
@@ -132,6 +147,23 @@ def build_parser() -> argparse.ArgumentParser:
     shadow.add_argument("--model", required=True)
     shadow.add_argument("--out", default="shadow_report.html")
     shadow.set_defaults(run=_shadow_report)
+    register = commands.add_parser("register", help="check an ONNX model and add it as the model's next version")
+    register.add_argument("--repository", default="model_repository")
+    register.add_argument("--model", required=True)
+    register.add_argument("--onnx", required=True, help="the model file")
+    register.add_argument("--preprocessor", help="preprocessor.json (default: the latest version's)")
+    register.add_argument("--reference", help="reference rows, Parquet (default: the latest version's)")
+    register.set_defaults(run=_register)
+
+    export = commands.add_parser("export", help="export a PyTorch model to ONNX, check parity, register it")
+    export.add_argument("--repository", default="model_repository")
+    export.add_argument("--model", required=True)
+    export.add_argument("--torch", required=True, help="TorchScript (.pt) or torch.export (.pt2) file")
+    export.add_argument("--example", required=True, help="Parquet rows: parity check and reference")
+    export.add_argument("--tolerance", type=float, default=1e-4, help="largest |ONNX - PyTorch| allowed")
+    export.add_argument("--preprocessor", help="preprocessor.json (default: the latest version's)")
+    export.set_defaults(run=_export)
+
     from serve_app.quantize import TARGETS
 
     quantize = commands.add_parser("quantize", help="an INT8 or FP16 variant of a version, as a new version")

@@ -20,7 +20,6 @@ import shutil
 import statistics
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -30,6 +29,7 @@ import onnx
 import pandas as pd
 
 from serve_app.errors import InvalidInput, RepositoryError
+from serve_app.onboarding import commit_version, model_inputs, staged_version
 from serve_app.repository import VARIANT_FILE, ModelRepository, ModelVersion
 
 logger = logging.getLogger("serve_app.quantize")
@@ -67,10 +67,9 @@ def quantize(
         raise InvalidInput(f"{model} v{version} is already {source.precision}: quantize its fp32 source instead")
     validation = _validation(source, label)
     rows = _calibration_rows(source, calibration) if to == "int8-static" else None
-    model_dir = Path(repository) / model
-    staging = model_dir / f".quantize-{uuid.uuid4().hex[:12]}"
-    try:
-        shutil.copytree(source.path, staging, ignore=shutil.ignore_patterns("model.onnx", "drift", ".*"))
+    with staged_version(repository, model) as staging:
+        shutil.copytree(source.path, staging, ignore=shutil.ignore_patterns("model.onnx", "drift", ".*"),
+                        dirs_exist_ok=True)  # fmt: skip
         _convert(source, to, staging / "model.onnx", rows)
         variant = ModelVersion(source.config, version, staging)
         report = _report(source, variant, to, validation)
@@ -83,15 +82,12 @@ def quantize(
                     f"{to} loses {drop:.4f} {report['accuracy']['metric']} (> --max-accuracy-drop "
                     f"{max_accuracy_drop}): not registered"
                 )
-        new_version = max(repo.available_versions(model)) + 1
-        report["version"] = new_version
         variant_info = {"precision": PRECISION[to], "source_version": version, "method": to}
         (staging / VARIANT_FILE).write_text(json.dumps(variant_info, indent=1) + "\n")
+        report["version"] = max(repo.available_versions(model)) + 1  # what commit_version will name it
         (staging / REPORT_JSON).write_text(json.dumps(report, indent=1) + "\n")
         (staging / REPORT_MD).write_text(render_markdown(report))
-        staging.rename(model_dir / str(new_version))  # the version appears whole, or not at all
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        commit_version(repository, model, staging)
     return report
 
 
@@ -144,18 +140,6 @@ class _Calibration:
         pass
 
 
-def _model_inputs(version: ModelVersion, frame: pd.DataFrame, source: str) -> dict[str, np.ndarray]:
-    """Rows as the model's tensors, through the version's own preprocessor."""
-    preprocessor = version.preprocessor
-    needed = [f.name for f in preprocessor.spec.features] if preprocessor else [s.name for s in version.config.inputs]
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise InvalidInput(f"{source} lacks the column(s) {missing} that {version.name} needs")
-    if preprocessor is None:
-        return {s.name: np.stack(frame[s.name].to_numpy()) for s in version.config.inputs}
-    return preprocessor.transform({name: frame[name].to_numpy() for name in needed})
-
-
 def _calibration_rows(version: ModelVersion, calibration: str | Path | None) -> dict[str, np.ndarray]:
     path = Path(calibration) if calibration else version.reference_file
     if path is None:
@@ -166,7 +150,7 @@ def _calibration_rows(version: ModelVersion, calibration: str | Path | None) -> 
         raise InvalidInput(f"calibration file {path}: cannot read it as Parquet: {error}") from None
     if frame.empty:
         raise InvalidInput(f"calibration file {path} has no rows")
-    return _model_inputs(version, frame.head(CALIBRATION_ROWS), f"calibration file {path}")
+    return model_inputs(version, frame.head(CALIBRATION_ROWS), f"calibration file {path}")
 
 
 # -- measuring ----------------------------------------------------------------------------
@@ -186,7 +170,7 @@ def _validation(version: ModelVersion, label: str | None) -> tuple[dict[str, np.
         label = candidates[0]
     if label not in frame.columns:
         raise InvalidInput(f"{path} has no label column '{label}'")
-    return _model_inputs(version, frame, str(path)), frame[label].to_numpy().astype(int)
+    return model_inputs(version, frame, str(path)), frame[label].to_numpy().astype(int)
 
 
 def _session(path: Path):

@@ -4,6 +4,7 @@ Unit tests use only the repository; the cluster starts the first time a test ask
 
 from __future__ import annotations
 
+import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,14 @@ def demo_repository(tmp_path_factory) -> Path:
     """The demo repository, built once per test session by the project's own code."""
     root = tmp_path_factory.mktemp("model_repository")
     build_demo_repository(root)
+    return root
+
+
+@pytest.fixture
+def fraud_repository(demo_repository, tmp_path) -> Path:
+    """A repository of its own holding a copy of the demo's fraud model, for tests that add versions."""
+    root = tmp_path / "repository"
+    shutil.copytree(demo_repository / "fraud", root / "fraud")
     return root
 
 

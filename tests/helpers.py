@@ -42,3 +42,8 @@ def serve_deploy(dashboard_url: str, application: dict, config_path: Path, ready
             return
         time.sleep(0.5)
     raise TimeoutError(f"'{application['name']}' did not become ready: {serve.status()}")
+
+
+def snapshot(root: Path) -> list[str]:
+    """Every path under a folder: equal snapshots mean nothing was added, removed or left behind."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))

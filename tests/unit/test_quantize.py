@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +17,7 @@ from serve_app.protocol.dataplane import DataPlane, LocalEndpoint
 from serve_app.quantize import quantize
 from serve_app.repository import ModelRepository
 from serve_app.runtime import load_runner
-
-
-@pytest.fixture
-def repository(demo_repository, tmp_path) -> Path:
-    root = tmp_path / "repository"
-    shutil.copytree(demo_repository / "fraud", root / "fraud")
-    return root
-
-
-def snapshot(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+from tests.helpers import snapshot
 
 
 def scores(root: Path, version: int, frame: pd.DataFrame) -> np.ndarray:
@@ -37,37 +26,37 @@ def scores(root: Path, version: int, frame: pd.DataFrame) -> np.ndarray:
     return runner.predict(model.preprocessor.transform(request_columns(frame)))["fraud_probability"]
 
 
-def test_int8_dynamic_is_registered_as_the_next_version_with_its_report(repository, capsys):
-    assert cli.main(["quantize", "--repository", str(repository), "--model", "fraud", "--version", "2",
+def test_int8_dynamic_is_registered_as_the_next_version_with_its_report(fraud_repository, capsys):
+    assert cli.main(["quantize", "--repository", str(fraud_repository), "--model", "fraud", "--version", "2",
                      "--to", "int8-dynamic", "--max-accuracy-drop", "0.01"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "registered as fraud v3" in out and "| auc on the validation set | 0.859017 |" in out
-    v3 = ModelRepository(repository).version("fraud", 3)
+    v3 = ModelRepository(fraud_repository).version("fraud", 3)
     assert v3.precision == "int8" and v3.variant == {"precision": "int8", "source_version": 2, "method": "int8-dynamic"}
     report = json.loads((v3.path / "quantization.json").read_text())
-    assert report["before"]["file_bytes"] == (repository / "fraud" / "2" / "model.onnx").stat().st_size
+    assert report["before"]["file_bytes"] == (fraud_repository / "fraud" / "2" / "model.onnx").stat().st_size
     assert report["after"]["file_bytes"] == v3.model_file.stat().st_size
     assert abs(report["accuracy"]["drop"]) < 0.01 and report["throughput_ratio_largest_batch"] > 0
     assert (v3.path / "quantization.md").read_text().startswith("# fraud v3: int8-dynamic of v2")
     assert (v3.path / "preprocessor.json").is_file()  # served like any other version
     frame = synthetic_transactions(200, seed=5)
-    difference = np.abs(scores(repository, 3, frame) - scores(repository, 2, frame))
+    difference = np.abs(scores(fraud_repository, 3, frame) - scores(fraud_repository, 2, frame))
     assert difference.mean() < 0.005 and difference.max() < 0.05  # INT8 rounding, not a different model
-    assert not [p for p in (repository / "fraud").iterdir() if p.name.startswith(".")]
+    assert not [p for p in (fraud_repository / "fraud").iterdir() if p.name.startswith(".")]
 
 
-def test_int8_static_calibrates_on_parquet_rows_through_the_preprocessor(repository, tmp_path):
+def test_int8_static_calibrates_on_parquet_rows_through_the_preprocessor(fraud_repository, tmp_path):
     calibration = tmp_path / "calibration.parquet"
     synthetic_transactions(500, seed=9).to_parquet(calibration)
-    report = quantize(repository, "fraud", 2, "int8-static", calibration=calibration)
-    graph = onnx.load(str(repository / "fraud" / str(report["version"]) / "model.onnx")).graph
+    report = quantize(fraud_repository, "fraud", 2, "int8-static", calibration=calibration)
+    graph = onnx.load(str(fraud_repository / "fraud" / str(report["version"]) / "model.onnx")).graph
     assert any(node.op_type == "QuantizeLinear" for node in graph.node)
     assert report["accuracy"]["drop"] < 0.01
 
 
-def test_fp16_keeps_fp32_inputs_and_outputs(repository):
-    report = quantize(repository, "fraud", 2, "fp16")
-    version = ModelRepository(repository).version("fraud", report["version"])
+def test_fp16_keeps_fp32_inputs_and_outputs(fraud_repository):
+    report = quantize(fraud_repository, "fraud", 2, "fp16")
+    version = ModelRepository(fraud_repository).version("fraud", report["version"])
     graph = onnx.load(str(version.model_file)).graph
     assert [i.type.tensor_type.elem_type for i in graph.input] == [onnx.TensorProto.FLOAT]
     assert [o.type.tensor_type.elem_type for o in graph.output] == [onnx.TensorProto.FLOAT]
@@ -75,38 +64,38 @@ def test_fp16_keeps_fp32_inputs_and_outputs(repository):
     assert version.precision == "fp16" and report["size_ratio"] < 0.8
 
 
-def test_a_variant_that_loses_too_much_is_not_registered(repository, capsys):
-    before = snapshot(repository)
-    code = cli.main(["quantize", "--repository", str(repository), "--model", "fraud", "--version", "2",
+def test_a_variant_that_loses_too_much_is_not_registered(fraud_repository, capsys):
+    before = snapshot(fraud_repository)
+    code = cli.main(["quantize", "--repository", str(fraud_repository), "--model", "fraud", "--version", "2",
                      "--to", "int8-dynamic", "--max-accuracy-drop", "-0.5"])  # fmt: skip
     assert code == 1 and "not registered" in capsys.readouterr().err
-    assert snapshot(repository) == before
+    assert snapshot(fraud_repository) == before
 
 
-def test_bad_requests_name_the_problem_and_leave_the_repository_unchanged(repository, tmp_path):
-    before = snapshot(repository)
+def test_bad_requests_name_the_problem_and_leave_the_repository_unchanged(fraud_repository, tmp_path):
+    before = snapshot(fraud_repository)
     lacking = tmp_path / "lacking.parquet"
     synthetic_transactions(50, seed=1).drop(columns=["amount", "country"]).to_parquet(lacking)
     with pytest.raises(InvalidInput, match=r"lacking\.parquet lacks the column\(s\) \['amount', 'country'\]"):
-        quantize(repository, "fraud", 2, "int8-static", calibration=lacking)
+        quantize(fraud_repository, "fraud", 2, "int8-static", calibration=lacking)
     (tmp_path / "text.parquet").write_text("not parquet")
     with pytest.raises(InvalidInput, match="cannot read it as Parquet"):
-        quantize(repository, "fraud", 2, "int8-static", calibration=tmp_path / "text.parquet")
+        quantize(fraud_repository, "fraud", 2, "int8-static", calibration=tmp_path / "text.parquet")
     with pytest.raises(ModelNotFound, match="no version 9"):
-        quantize(repository, "fraud", 9, "int8-dynamic")
+        quantize(fraud_repository, "fraud", 9, "int8-dynamic")
     with pytest.raises(ModelNotFound):
-        quantize(repository, "nope", 1, "int8-dynamic")
+        quantize(fraud_repository, "nope", 1, "int8-dynamic")
     with pytest.raises(InvalidInput, match="choose one of int8-dynamic, int8-static, fp16"):
-        quantize(repository, "fraud", 2, "int4")
-    assert snapshot(repository) == before
-    report = quantize(repository, "fraud", 2, "int8-dynamic")
+        quantize(fraud_repository, "fraud", 2, "int4")
+    assert snapshot(fraud_repository) == before
+    report = quantize(fraud_repository, "fraud", 2, "int8-dynamic")
     with pytest.raises(InvalidInput, match="already int8: quantize its fp32 source instead"):
-        quantize(repository, "fraud", report["version"], "fp16")
+        quantize(fraud_repository, "fraud", report["version"], "fp16")
 
 
-def test_metadata_says_the_precision(repository):
-    report = quantize(repository, "fraud", 2, "int8-dynamic")
-    repo = ModelRepository(repository)
+def test_metadata_says_the_precision(fraud_repository):
+    report = quantize(fraud_repository, "fraud", 2, "int8-dynamic")
+    repo = ModelRepository(fraud_repository)
     endpoints = []
     for number in (2, report["version"]):
         version = repo.version("fraud", number)
