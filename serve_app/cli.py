@@ -101,6 +101,26 @@ def _quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_list(args: argparse.Namespace) -> int:
+    """The repository index: from a running server (what it serves), or from the folder alone."""
+    if args.url:
+        import urllib.request
+
+        request = urllib.request.Request(f"{args.url.rstrip('/')}/v2/repository/index", b"{}", method="POST",
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=30) as response:
+            entries = json.loads(response.read())
+    else:
+        from serve_app.repository import ModelRepository
+
+        entries = [{**e, "state": e["state"] if not e["reason"].startswith("not loaded") else "ON DISK", "reason": ""}
+                   for e in ModelRepository(args.repository).index(set())]  # fmt: skip
+    print(f"{'MODEL':<24} {'VERSION':<8} {'STATE':<12} REASON")
+    for entry in entries:
+        print(f"{entry['name']:<24} {entry['version']:<8} {entry['state']:<12} {entry['reason']}")
+    return 0
+
+
 def _register(args: argparse.Namespace) -> int:
     from serve_app.onboarding import register
 
@@ -147,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     shadow.add_argument("--model", required=True)
     shadow.add_argument("--out", default="shadow_report.html")
     shadow.set_defaults(run=_shadow_report)
+    models = commands.add_parser("models", help="models and versions").add_subparsers(dest="action", required=True)
+    listing = models.add_parser("list", help="every version in the repository, and whether a server serves it")
+    listing.add_argument("--repository", default="model_repository")
+    listing.add_argument("--url", help="a running server (e.g. http://127.0.0.1:8000): ask it instead")
+    listing.set_defaults(run=_models_list)
+
     register = commands.add_parser("register", help="check an ONNX model and add it as the model's next version")
     register.add_argument("--repository", default="model_repository")
     register.add_argument("--model", required=True)

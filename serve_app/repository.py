@@ -160,6 +160,23 @@ class ModelRepository:
             raise ModelNotFound(f"model '{name}' has no version {version}")
         return ModelVersion(self.config(name), version, self.root / name / str(version))
 
+    def index(self, served: set[tuple[str, int]]) -> list[dict]:
+        """Triton's repository index: every version on disk, READY where it is served, with the reason
+        where it is not."""
+        entries = []
+        for name in self.model_names():
+            try:
+                versions = self.available_versions(name)
+                self.config(name)
+            except RepositoryError as error:
+                entries.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": error.message})
+                continue
+            for version in versions:
+                ready = (name, version) in served
+                entries.append({"name": name, "version": str(version), "state": "READY" if ready else "UNAVAILABLE",
+                                "reason": "" if ready else "not loaded by this application"})  # fmt: skip
+        return entries
+
     def check(self, names: list[str] | None = None) -> list[ModelVersion]:
         """Validate the models to serve (default: all); raise on the first broken file."""
         names = self.model_names() if names is None else names

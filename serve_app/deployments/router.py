@@ -497,6 +497,19 @@ class Router:
         except Exception as error:
             raise Unavailable(f"the drift monitor is not answering (restarting?), retry later: {error!r}") from None
 
+    @app.post("/v2/repository/index", responses=openapi.ERRORS)
+    async def repository_index(self, request: Request) -> list[dict]:
+        """Triton's model repository extension: every version on disk and whether it is served."""
+        body = await self._read_body(request)
+        document = parse_json_body(body) if body else {}
+        if not isinstance(document, dict) or set(document) - {"ready"} or document.get("ready", False) not in (
+            True, False
+        ):  # fmt: skip
+            raise InvalidInput("the body, if any, must be an object with an optional boolean 'ready'")
+        served = {(e.name, e.version) for e in self.dataplane.endpoints}
+        entries = ModelRepository(self.settings.repository).index(served)
+        return [e for e in entries if e["state"] == "READY"] if document.get("ready") else entries
+
     @app.post("/v2/models/{model}/feedback", responses=openapi.ERRORS)
     async def feedback(self, model: str, request: Request) -> dict:
         store = self._experiment_store(model)
