@@ -10,10 +10,7 @@ Writes benchmarks/results/batch_throughput-<date>.json. Nothing here is asserted
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -22,7 +19,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
-from common import write_result
+from common import result_header, write_result
 
 from serve_app.demo import build_demo_repository, synthetic_transactions
 from serve_app.repository import ModelRepository
@@ -88,9 +85,7 @@ def main() -> None:
     limit = in_process(repository, paths, args.batch_size)
     job = batch_job(config, workdir / "data", workdir / "scored", args.actors, args.batch_size)
     result = {
-        "benchmark": "batch_throughput",
-        "date": datetime.date.today().isoformat(),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        **result_header("batch_throughput"),
         "rows": args.rows, "files": args.files, "actors": args.actors, "batch_size": args.batch_size,
         "in_process": limit,
         "batch_job": {k: job[k] for k in ("rows", "seconds", "rows_per_s", "wall_seconds_with_cluster_start")},

@@ -19,6 +19,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def result_header(benchmark: str) -> dict:
+    """What every result file starts with: which benchmark, when, on what."""
+    import datetime
+    import os
+    import platform
+
+    return {
+        "benchmark": benchmark,
+        "date": datetime.date.today().isoformat(),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    }
+
+
 def write_result(result: dict) -> Path:
     """benchmarks/results/<benchmark>-<date>.json: the figures the README quotes."""
     out = RESULTS / f"{result['benchmark']}-{result['date']}.json"

@@ -16,10 +16,7 @@ Writes benchmarks/results/drift_overhead-<date>.json. Nothing here is asserted.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -28,7 +25,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import ray
-from common import demo_workdir, drive, median_point, round_fits, start_serve, write_result
+from common import demo_workdir, drive, median_point, result_header, round_fits, start_serve, write_result
 from ray import serve
 
 from graphs.champion_challenger import build_app
@@ -158,9 +155,7 @@ def main() -> None:
     points, medians, monitor = serving(args, started)
     costs = detector_costs(args.repeats)
     result = {
-        "benchmark": "drift_overhead",
-        "date": datetime.date.today().isoformat(),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        **result_header("drift_overhead"),
         "model": MODEL,
         "drift": DRIFT,
         "duration_s": args.duration_s,

@@ -11,15 +11,12 @@ benchmarks/results/gpu_precision-<date>.json. Nothing here is asserted.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from common import write_result
+from common import result_header, write_result
 
 from serve_app.demo import WIDE_MODEL_NAME, build_wide_model, request_columns, synthetic_transactions
 from serve_app.quantize import quantize
@@ -59,8 +56,7 @@ def main() -> None:
             points.append({"variant": name, "device": runner.device, "provider": runner.describe()["providers"][0],
                            "batch": batch, "rows_per_s": round(rows_per_s(runner, rows, args.seconds))})  # fmt: skip
     result = {
-        "benchmark": "gpu_precision", "date": datetime.date.today().isoformat(),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "points": points,
+        **result_header("gpu_precision"), "points": points,
     }  # fmt: skip
     out = write_result(result)
     fp32 = {p["batch"]: p["rows_per_s"] for p in points if p["variant"] == "fp32"}

@@ -10,10 +10,7 @@ Nothing here is asserted: the figures are for reading side by side.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -21,7 +18,7 @@ import time
 from pathlib import Path
 
 import ray
-from common import free_port, write_result
+from common import free_port, result_header, write_result
 from ray import serve
 
 from graphs.single_model import build_app
@@ -79,9 +76,7 @@ def main() -> None:
     ray.shutdown()
 
     result = {
-        "benchmark": "graph_latency",
-        "date": datetime.date.today().isoformat(),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        **result_header("graph_latency"),
         "model": f"fraud v{version.version}",
         "in_process_rows_per_s": limit,
         "graph_single_row": graph,

@@ -10,9 +10,7 @@ server's request decoding alone, in this process. Writes benchmarks/results/prot
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -22,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import ray
 import yaml
-from common import free_port, write_result
+from common import free_port, result_header, write_result
 from ray import serve
 
 from graphs.single_model import build_app
@@ -114,9 +112,7 @@ def main() -> None:
 
     decoding = {name: round(decode_us(name, body, headers), 1) for name, (body, headers) in bodies.items()}
     result = {
-        "benchmark": "protocol_formats",
-        "date": datetime.date.today().isoformat(),
-        "machine": {"cpus": os.cpu_count()},
+        **result_header("protocol_formats"),
         "input": f"FP32 {SHAPE[0]}x{SHAPE[1]}",
         "decode_us": decoding,
         "points": points,

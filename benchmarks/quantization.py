@@ -10,13 +10,10 @@ Writes benchmarks/results/quantization-<date>.json. Nothing here is asserted.
 
 from __future__ import annotations
 
-import datetime
-import os
-import platform
 import tempfile
 from pathlib import Path
 
-from common import write_result
+from common import result_header, write_result
 
 from serve_app.demo import WIDE_MODEL_NAME, build_wide_model
 from serve_app.quantize import TARGETS, quantize
@@ -27,8 +24,7 @@ def main() -> None:
     built = build_wide_model(root)
     reports = {target: quantize(root, WIDE_MODEL_NAME, 1, target) for target in TARGETS}
     result = {
-        "benchmark": "quantization", "date": datetime.date.today().isoformat(),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "model": built,
+        **result_header("quantization"), "model": built,
         "reports": reports,
     }  # fmt: skip
     out = write_result(result)

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import httpx
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from common import demo_workdir, drive, median_point, round_fits, start_serve, write_result
+from common import demo_workdir, drive, median_point, result_header, round_fits, start_serve, write_result
 from ray import serve
 
 from graphs.champion_challenger import build_app
@@ -158,9 +156,7 @@ def main() -> None:
             "runs": len(at["on"]),
         }
     result = {
-        "benchmark": "shadow_latency",
-        "date": datetime.date.today().isoformat(),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        **result_header("shadow_latency"),
         "model": MODEL,
         "traffic": TRAFFIC,
         "duration_s": args.duration_s,

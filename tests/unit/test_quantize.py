@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from serve_app import cli
-from serve_app.demo import LABEL, request_columns, synthetic_transactions
+from serve_app.demo import request_columns, synthetic_transactions
 from serve_app.errors import InvalidInput, ModelNotFound
 from serve_app.protocol.dataplane import DataPlane, LocalEndpoint
 from serve_app.quantize import quantize
@@ -103,4 +103,3 @@ def test_metadata_says_the_precision(fraud_repository):
     plane = DataPlane(endpoints)
     assert plane.model_metadata("fraud", "2")["parameters"] == {"precision": "fp32"}
     assert plane.model_metadata("fraud", str(report["version"]))["parameters"] == {"precision": "int8"}
-    assert LABEL not in request_columns(synthetic_transactions(1, seed=1))
