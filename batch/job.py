@@ -218,7 +218,7 @@ class Scorer:
 
         repo = ModelRepository(repository)
         self.versions = [repo.version(model, v) for v in versions]
-        self.runners = [load_runner(v.config, v.model_file) for v in self.versions]
+        self.runners = [load_runner(v.config, v.model_file, v.precision) for v in self.versions]
         self.pass_through = pass_through
         self.filesystem, self.side_root = open_storage(side_uri)
         self.detectors = detectors_for(self.versions[0], DriftSettings.model_validate(drift)) if drift else None

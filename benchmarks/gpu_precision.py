@@ -49,7 +49,7 @@ def main() -> None:
     for name, number in versions.items():
         model = repo.version(WIDE_MODEL_NAME, number)
         config = model.config.model_copy(update={"runtime": model.config.runtime.model_copy(update={"device": "cuda"})})
-        runner = load_runner(config, model.model_file)
+        runner = load_runner(config, model.model_file, model.precision)
         tensors = model.preprocessor.transform(request_columns(frame))
         for batch in (1, 64):
             rows = {k: v[:batch] for k, v in tensors.items()}

@@ -27,7 +27,7 @@ def _repository_check(args: argparse.Namespace) -> int:
     from serve_app.runtime import load_runner
 
     for version in ModelRepository(args.repository).check(args.model or None):
-        load_runner(version.config, version.model_file)  # the graph must match config.yaml
+        load_runner(version.config, version.model_file, version.precision)  # the graph must match config.yaml
         inputs = ", ".join(f"{s.name}:{s.datatype}" for s in version.input_specs)
         print(f"{version.name} v{version.version} ({version.config.platform}) ok: inputs {inputs}")
     return 0
@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from serve_app.quantize import TARGETS
 
-    quantize = commands.add_parser("quantize", help="an INT8 or FP16 variant of a version, as a new version")
+    quantize = commands.add_parser("quantize", help="an INT8, FP16 or BF16 variant of a version, as a new version")
     quantize.add_argument("--repository", default="model_repository")
     quantize.add_argument("--model", required=True)
     quantize.add_argument("--version", type=int, required=True)

@@ -197,7 +197,11 @@ def model_config(width: int) -> dict:
         "inputs": [{"name": "features", "datatype": "FP32", "dims": [-1, width]}],
         "outputs": [{"name": "fraud_probability", "datatype": "FP32", "dims": [-1]}],
         "dynamic_batching": {"max_batch_size": 32, "batch_wait_timeout_s": 0.005},
-        "instances": {"num_replicas": 1, "num_cpus": 0.5, "num_gpus": 0},
+        "instances": {
+            "num_replicas": 1,
+            "num_cpus": 0.25,
+            "num_gpus": 0,
+        },  # 3 versions fit 2 cores; 1 thread either way
         "version_policy": {"latest": 2},
     }
 
@@ -304,3 +308,44 @@ def build_wide_model(root: str | Path, seed: int = 7, train_rows: int = 30_000, 
     (root / WIDE_MODEL_NAME / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     auc = roc_auc_score(validation[LABEL], _score(layers, preprocessor.transform_frame(validation)))
     return {"model": WIDE_MODEL_NAME, "auc": round(float(auc), 6)}
+
+
+def dense_layers(model: onnx.ModelProto) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (weight, bias) pairs of a graph written by `dense_onnx`, in order."""
+    arrays = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return [(arrays[f"W{i}"], arrays[f"B{i}"]) for i in range(sum(name.startswith("W") for name in arrays))]
+
+
+def build_torch_copy(root: str | Path, source: str, name: str, file_format: str = "pt") -> Path:
+    """`<name>` v1: a PyTorch twin of `<source>`'s latest fp32 dense ONNX version (same weights, same
+    preprocessor, reference and validation set), as TorchScript (pt) or a torch.export program
+    (pt2): the PyTorch side of quantisation and export, on a model whose AUC is known."""
+    import torch
+
+    from serve_app.repository import ModelRepository
+
+    repo = ModelRepository(root)
+    fp32 = [n for n in repo.available_versions(source) if repo.version(source, n).precision == "fp32"]
+    version = repo.version(source, fp32[-1])
+    linear = []
+    for weight, bias in dense_layers(onnx.load(str(version.model_file))):
+        layer = torch.nn.Linear(*weight.shape)
+        layer.weight.data, layer.bias.data = torch.from_numpy(weight.T.copy()), torch.from_numpy(bias.copy())
+        linear.append(layer)
+    stack = [m for layer in linear[:-1] for m in (layer, torch.nn.ReLU())]
+    module = torch.nn.Sequential(*stack, linear[-1], torch.nn.Sigmoid(), torch.nn.Flatten(0)).eval()
+    out = Path(root) / name
+    (out / "1").mkdir(parents=True, exist_ok=True)
+    if file_format == "pt2":
+        example = (torch.zeros(2, linear[0].in_features),)
+        program = torch.export.export(module, example, dynamic_shapes=({0: torch.export.Dim("batch")},))
+        torch.export.save(program, str(out / "1" / "model.pt2"))
+    else:
+        torch.jit.script(module).save(str(out / "1" / "model.pt"))
+    for file in ("preprocessor.json", "reference.parquet"):
+        (out / "1" / file).write_bytes((version.path / file).read_bytes())
+    (out / "validation.parquet").write_bytes((version.path.parent / "validation.parquet").read_bytes())
+    config = {**version.config.model_dump(mode="json", exclude_none=True), "name": name,
+              "platform": "pytorch_libtorch", "version_policy": {"latest": 1}}  # fmt: skip
+    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return out

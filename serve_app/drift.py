@@ -185,7 +185,7 @@ def reference_scores(version: ModelVersion, reference: pd.DataFrame) -> np.ndarr
     """The version's own scores on its reference sample: what its live scores are compared with."""
     from serve_app.runtime import load_runner
 
-    runner = load_runner(version.config, version.model_file)
+    runner = load_runner(version.config, version.model_file, version.precision)
     preprocessor = version.preprocessor
     if preprocessor is not None:
         inputs = preprocessor.transform({f.name: reference[f.name].to_numpy() for f in preprocessor.spec.features})

@@ -142,7 +142,7 @@ def check_version(version: ModelVersion) -> dict:
     through its preprocessor (whose output must be what the model takes)."""
     from serve_app.runtime import load_runner
 
-    runner = load_runner(version.config, version.model_file)  # a signature mismatch names the field
+    runner = load_runner(version.config, version.model_file, version.precision)  # a signature mismatch names the field
     preprocessor = version.preprocessor
     if preprocessor is not None:
         model_input = version.config.inputs[0]

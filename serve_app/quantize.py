@@ -1,28 +1,32 @@
-"""INT8 and FP16 variants of an ONNX model version, written as a new version with a report.
+"""INT8, FP16 and BF16 variants of a model version, written as a new version with a report.
 
-    serve-app quantize --model fraud --version 2 --to int8-dynamic|int8-static|fp16
+    serve-app quantize --model fraud --version 2 --to int8-dynamic|int8-static|fp16|bf16
                        [--calibration rows.parquet] [--max-accuracy-drop 0.01]
 
-ONNX Runtime's own tools do the work: `quant_pre_process` (shape inference and graph
+ONNX models: ONNX Runtime's own tools do the work: `quant_pre_process` (shape inference and graph
 optimisation), then `quantize_dynamic`, or `quantize_static` calibrated on Parquet rows passed
 through the version's own preprocessor, or a float16 conversion that keeps FP32 inputs and outputs.
+PyTorch models: int8-dynamic is PyTorch's graph-mode dynamic quantisation of a TorchScript module
+(a torch.export program is traced to TorchScript first; the kernels are CPU-only); fp16 (GPU only)
+and bf16 keep the source file and run it in that dtype (the version's variant.json says so).
 The variant is measured beside its source on this machine (size, latency at batch 1, throughput at
-the largest batch, and AUC on the labelled validation set) and registered only when it passes
-`--max-accuracy-drop`. Everything happens in a hidden staging folder that is renamed into place at
-the end, so a server never sees a half-written version and a refused variant leaves nothing behind.
+the largest batch, and AUC on the labelled validation set) on the device it is meant for, and is
+registered only when it passes `--max-accuracy-drop`. Everything happens in a hidden staging folder
+that is renamed into place at the end, so a server never sees a half-written version and a refused
+variant leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import statistics
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import onnx
@@ -33,9 +37,8 @@ from serve_app.onboarding import commit_version, model_inputs, staged_version
 from serve_app.repository import VARIANT_FILE, ModelRepository, ModelVersion
 
 logger = logging.getLogger("serve_app.quantize")
-Target = Literal["int8-dynamic", "int8-static", "fp16"]
-TARGETS: tuple[str, ...] = ("int8-dynamic", "int8-static", "fp16")
-PRECISION = {"int8-dynamic": "int8", "int8-static": "int8", "fp16": "fp16"}
+TARGETS: tuple[str, ...] = ("int8-dynamic", "int8-static", "fp16", "bf16")
+PRECISION = {"int8-dynamic": "int8", "int8-static": "int8", "fp16": "fp16", "bf16": "bf16"}
 REPORT_JSON = "quantization.json"
 REPORT_MD = "quantization.md"
 VALIDATION_FILE = "validation.parquet"
@@ -58,21 +61,22 @@ def quantize(
         raise InvalidInput(f"--to {to!r}: choose one of {', '.join(TARGETS)}")
     repo = ModelRepository(repository)
     source = repo.version(model, version)
-    if source.config.platform != "onnxruntime_onnx":
-        raise InvalidInput(
-            f"{model} v{version} is a {source.config.platform} model: `quantize` makes ONNX variants; for PyTorch "
-            "set runtime.dtype (float16, bfloat16) in the model's config"
-        )
     if source.precision != "fp32":
         raise InvalidInput(f"{model} v{version} is already {source.precision}: quantize its fp32 source instead")
+    device = _target_device(source, to)
     validation = _validation(source, label)
     rows = _calibration_rows(source, calibration) if to == "int8-static" else None
     with staged_version(repository, model) as staging:
-        shutil.copytree(source.path, staging, ignore=shutil.ignore_patterns("model.onnx", "drift", ".*"),
-                        dirs_exist_ok=True)  # fmt: skip
-        _convert(source, to, staging / "model.onnx", rows)
+        leave_out = (source.model_file.name, "drift", ".*", VARIANT_FILE, REPORT_JSON, REPORT_MD, "export.json")
+        shutil.copytree(source.path, staging, ignore=shutil.ignore_patterns(*leave_out), dirs_exist_ok=True)
+        variant_info = {"precision": PRECISION[to], "source_version": version, "method": to}
+        (staging / VARIANT_FILE).write_text(json.dumps(variant_info, indent=1) + "\n")  # the runner reads it
+        if source.config.platform == "onnxruntime_onnx":
+            _convert(source, to, staging / "model.onnx", rows)
+        else:
+            _convert_torch(source, to, staging)
         variant = ModelVersion(source.config, version, staging)
-        report = _report(source, variant, to, validation)
+        report = _report(source, variant, to, validation, device)
         drop = report["accuracy"]["drop"]
         if max_accuracy_drop is not None:
             if drop is None:
@@ -82,8 +86,6 @@ def quantize(
                     f"{to} loses {drop:.4f} {report['accuracy']['metric']} (> --max-accuracy-drop "
                     f"{max_accuracy_drop}): not registered"
                 )
-        variant_info = {"precision": PRECISION[to], "source_version": version, "method": to}
-        (staging / VARIANT_FILE).write_text(json.dumps(variant_info, indent=1) + "\n")
         report["version"] = max(repo.available_versions(model)) + 1  # what commit_version will name it
         (staging / REPORT_JSON).write_text(json.dumps(report, indent=1) + "\n")
         (staging / REPORT_MD).write_text(render_markdown(report))
@@ -92,6 +94,67 @@ def quantize(
 
 
 # -- conversion ---------------------------------------------------------------------------
+
+
+def _target_device(source: ModelVersion, to: str) -> str:
+    """Refuse what the platform cannot do; returns the device the variant is measured on."""
+    name = f"{source.name} v{source.version}"
+    if source.config.platform == "onnxruntime_onnx":
+        if to == "bf16":
+            raise InvalidInput(f"--to bf16: {name} is an ONNX model; its variants are int8-dynamic, int8-static "
+                               "or fp16 (bf16 is for PyTorch models)")  # fmt: skip
+        return "cuda" if to == "fp16" and _onnx_gpu() else "cpu"
+    if to == "int8-static":
+        raise InvalidInput(
+            f"--to int8-static: {name} is a PyTorch model; its variants are int8-dynamic (CPU), fp16 (GPU) or "
+            "bf16; for static INT8, export it to ONNX first (serve-app export)"
+        )
+    import torch
+
+    if to == "int8-dynamic":
+        return "cpu"  # PyTorch's dynamically quantised kernels exist for the CPU only
+    if torch.cuda.is_available():
+        return "cuda"
+    if to == "fp16":
+        raise InvalidInput(
+            "--to fp16: a PyTorch fp16 variant runs on a GPU, and this machine has no usable one "
+            "(torch.cuda.is_available() is False); bf16 runs on the CPU too"
+        )
+    return "cpu"
+
+
+def _onnx_gpu() -> bool:
+    import onnxruntime as ort
+
+    from serve_app.runtime.devices import cuda_device_count
+
+    return "CUDAExecutionProvider" in ort.get_available_providers() and cuda_device_count() > 0
+
+
+def _convert_torch(source: ModelVersion, to: str, staging: Path) -> None:
+    if to != "int8-dynamic":  # fp16/bf16: the same file, run in that dtype (variant.json)
+        shutil.copyfile(source.model_file, staging / source.model_file.name)
+        return
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao on every call
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic_jit
+
+        if source.model_file.suffix == ".pt2":
+            example = [torch.zeros([2, *[max(d, 1) for d in s.dims[1:]]]) for s in source.config.inputs]
+            module = torch.jit.trace(torch.export.load(str(source.model_file)).module(), tuple(example))
+        else:
+            module = torch.jit.load(str(source.model_file), map_location="cpu")
+        try:
+            quantized = quantize_dynamic_jit(module.eval(), {"": per_channel_dynamic_qconfig})
+        except Exception as error:
+            raise RepositoryError(f"{source.name} v{source.version}: int8-dynamic failed: {error}") from None
+    if "quantized::linear_dynamic" not in str(quantized.inlined_graph):
+        raise InvalidInput(f"{source.name} v{source.version}: int8-dynamic found no linear layer to quantise")
+    quantized.save(str(staging / "model.pt"))
 
 
 def _convert(source: ModelVersion, to: str, out: Path, rows: dict[str, np.ndarray] | None) -> None:
@@ -173,16 +236,18 @@ def _validation(version: ModelVersion, label: str | None) -> tuple[dict[str, np.
     return model_inputs(version, frame, str(path)), frame[label].to_numpy().astype(int)
 
 
-def _session(path: Path):
-    import onnxruntime as ort
+def _measuring_runner(version: ModelVersion, device: str):
+    """The serving runner on `device`, with every core (one-off: this process does nothing else)."""
+    from serve_app.runtime import load_runner
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    runtime = version.config.runtime.model_copy(
+        update={"device": device, "warmup": False, "intra_op_num_threads": os.cpu_count()}
+    )
+    return load_runner(version.config.model_copy(update={"runtime": runtime}), version.model_file, version.precision)
 
 
-def _measure(version: ModelVersion, validation) -> dict:
-    session = _session(version.model_file)
+def _measure(version: ModelVersion, validation, device: str) -> dict:
+    runner = _measuring_runner(version, device)
     spec = version.config.inputs[0]
     width = [d if d > 0 else 1 for d in spec.dims[1:]]
     largest = version.config.max_batch_size
@@ -190,16 +255,16 @@ def _measure(version: ModelVersion, validation) -> dict:
     one = {spec.name: rng.standard_normal([1, *width]).astype(np.float32)}
     full = {spec.name: rng.standard_normal([largest, *width]).astype(np.float32)}
     for _ in range(10):
-        session.run(None, one)
+        runner.run(one)
     latencies = []
     for _ in range(LATENCY_RUNS):
         start = time.perf_counter()
-        session.run(None, one)
+        runner.run(one)
         latencies.append(time.perf_counter() - start)
-    session.run(None, full)
+    runner.run(full)
     runs, start = 0, time.perf_counter()
     while time.perf_counter() - start < THROUGHPUT_SECONDS:
-        session.run(None, full)
+        runner.run(full)
         runs += 1
     elapsed = time.perf_counter() - start
     measured = {
@@ -207,23 +272,20 @@ def _measure(version: ModelVersion, validation) -> dict:
         "latency_p50_ms_batch_1": round(1000 * statistics.median(latencies), 4),
         f"rows_per_s_batch_{largest}": round(runs * largest / elapsed),
         "auc": None,
+        "runtime": runner.describe(),
     }
     if validation is not None:
         from sklearn.metrics import roc_auc_score
 
         tensors, labels = validation
-        output = version.config.outputs[0].name
-        scores = np.concatenate([
-            session.run([output], {k: v[i : i + largest] for k, v in tensors.items()})[0].reshape(-1)
-            for i in range(0, len(labels), largest)
-        ])  # fmt: skip
+        scores = runner.run(tensors)[version.config.outputs[0].name].reshape(-1)
         measured["auc"] = round(float(roc_auc_score(labels, scores)), 6)
     return measured
 
 
-def _report(source: ModelVersion, variant: ModelVersion, to: str, validation) -> dict:
-    # Measured in the same run, alternating, so the ratios hold on a noisy machine.
-    before, after = _measure(source, validation), _measure(variant, validation)
+def _report(source: ModelVersion, variant: ModelVersion, to: str, validation, device: str) -> dict:
+    # Measured in the same run on the same device, so the ratios hold on a noisy machine.
+    before, after = _measure(source, validation, device), _measure(variant, validation, device)
     largest = f"rows_per_s_batch_{source.config.max_batch_size}"
     drop = None if before["auc"] is None else round(before["auc"] - after["auc"], 6)
     return {
@@ -233,8 +295,14 @@ def _report(source: ModelVersion, variant: ModelVersion, to: str, validation) ->
         "latency_ratio_batch_1": round(after["latency_p50_ms_batch_1"] / before["latency_p50_ms_batch_1"], 3),
         "throughput_ratio_largest_batch": round(after[largest] / before[largest], 3),
         "accuracy": {"metric": "auc", "before": before["auc"], "after": after["auc"], "drop": drop},
-        "measured_on": {"execution_provider": "CPUExecutionProvider"},
+        "measured_on": after["runtime"],
     }  # fmt: skip
+
+
+def _where(runtime: dict) -> str:
+    platform = {"onnxruntime_onnx": "ONNX Runtime", "pytorch_libtorch": "PyTorch"}[runtime["platform"]]
+    providers = f" ({', '.join(runtime['providers'])})" if runtime.get("providers") else ""
+    return f"{platform} on {runtime['device']}{providers}"
 
 
 def render_markdown(report: dict) -> str:
@@ -254,7 +322,7 @@ def render_markdown(report: dict) -> str:
         f"| {accuracy['metric']} on the validation set | {accuracy['before']} | {accuracy['after']} | "
         f"drop {accuracy['drop']} |",
         "",
-        "Measured on this machine's CPU in one run (ONNX Runtime, CPUExecutionProvider).",
+        f"Measured in one run on this machine: {_where(report['measured_on'])}.",
         "",
     ]
     return "\n".join(lines)

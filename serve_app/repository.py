@@ -28,6 +28,7 @@ CONFIG_FILE = "config.yaml"
 PREPROCESSOR_FILE = "preprocessor.json"
 REFERENCE_FILE = "reference.parquet"
 VARIANT_FILE = "variant.json"
+_DTYPE_PRECISION = {"float16": "fp16", "bfloat16": "bf16"}
 MODEL_FILES = {"onnxruntime_onnx": ("model.onnx",), "pytorch_libtorch": ("model.pt2", "model.pt")}
 _NAME = re.compile(NAME_PATTERN)
 
@@ -70,7 +71,8 @@ class ModelVersion:
 
     @property
     def precision(self) -> str:
-        return self.variant.get("precision", "fp32")
+        """fp32, int8, fp16 or bf16: the variant's, else what a PyTorch config's runtime.dtype runs in."""
+        return self.variant.get("precision") or _DTYPE_PRECISION.get(self.config.runtime.dtype, "fp32")
 
     @property
     def reference_file(self) -> Path | None:

@@ -22,7 +22,7 @@ class ModelDeployment:
     def __init__(self, repository: str, model: str, version: int):
         model_version = ModelRepository(repository).version(model, version)
         self.config = model_version.config
-        self.runner = load_runner(self.config, model_version.model_file)
+        self.runner = load_runner(self.config, model_version.model_file, model_version.precision)
         self.stats = BatchStats()
         self.reconfigure(self.config.dynamic_batching.model_dump())  # until user_config says otherwise
 

@@ -9,14 +9,16 @@ from serve_app.config import ModelConfig
 from serve_app.runtime.base import Runner
 
 
-def load_runner(config: ModelConfig, model_file: Path) -> Runner:
+def load_runner(config: ModelConfig, model_file: Path, precision: str = "fp32") -> Runner:
+    """`precision` is the version's (ModelVersion.precision): an ONNX variant carries it in its
+    graph; a PyTorch fp16/bf16 variant is the source's file run in that dtype."""
     if config.platform == "onnxruntime_onnx":
         from serve_app.runtime.onnx import OnnxRunner
 
         return OnnxRunner(config, model_file)
     from serve_app.runtime.torch import TorchRunner
 
-    return TorchRunner(config, model_file)
+    return TorchRunner(config, model_file, precision)
 
 
 __all__ = ["Runner", "load_runner"]

@@ -18,17 +18,26 @@ from serve_app.runtime.base import Runner, logger
 from serve_app.runtime.devices import wants_gpu
 
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+VARIANT_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}  # a variant's precision overrides runtime.dtype
 
 
 class TorchRunner(Runner):
-    def __init__(self, config: ModelConfig, model_file: Path):
+    def __init__(self, config: ModelConfig, model_file: Path, precision: str = "fp32"):
         self.config = config
         use_gpu = wants_gpu(config.runtime.device, config.instances.num_gpus) and torch.cuda.is_available()
+        if use_gpu and precision == "int8":
+            logger.info("model %s: int8 (dynamic quantisation) runs on the CPU only; not using the GPU", config.name)
+            use_gpu = False
         self.device = "cuda:0" if use_gpu else "cpu"
-        self._dtype = _TORCH_DTYPES[config.runtime.dtype]
+        dtype = VARIANT_DTYPES.get(precision, config.runtime.dtype)
+        self._dtype = _TORCH_DTYPES[dtype]
         if self.device == "cpu" and self._dtype is torch.float16:
-            raise RepositoryError(f"config.yaml of model '{config.name}': field 'runtime.dtype': "
-                                  "float16 needs a GPU; use float32 or bfloat16 on the CPU")  # fmt: skip
+            where = (
+                f"{model_file.parent}: precision fp16"
+                if precision == "fp16"
+                else (f"config.yaml of model '{config.name}': field 'runtime.dtype': float16")
+            )
+            raise RepositoryError(f"{where} needs a GPU; use float32 or bfloat16 on the CPU")
         if config.runtime.intra_op_num_threads:
             torch.set_num_threads(config.runtime.intra_op_num_threads)
         try:
@@ -44,7 +53,7 @@ class TorchRunner(Runner):
         if hasattr(self.module, "eval") and model_file.suffix != ".pt2":
             self.module.eval()  # exported programs are already in inference form
         self._output_dtypes = [NUMPY_DTYPES[spec.datatype] for spec in config.outputs]
-        logger.info("model %s: PyTorch on %s in %s", config.name, self.device, config.runtime.dtype)
+        logger.info("model %s: PyTorch on %s in %s", config.name, self.device, dtype)
         if config.runtime.warmup:
             self.warm_up()
 

@@ -14,7 +14,7 @@ import pytest
 from ray import serve
 
 from graphs.single_model import build_app
-from serve_app.demo import WIDE_MODEL_NAME, build_wide_model, request_columns, synthetic_transactions
+from serve_app.demo import WIDE_MODEL_NAME, build_torch_copy, build_wide_model, request_columns, synthetic_transactions
 from serve_app.protocol.rest import request_body
 from serve_app.quantize import quantize
 from serve_app.repository import ModelRepository
@@ -43,7 +43,7 @@ def wide(demo_repository, tmp_path_factory):
 def runner_of(root, version: int, device: str):
     model = ModelRepository(root).version(WIDE_MODEL_NAME, version)
     config = model.config.model_copy(update={"runtime": model.config.runtime.model_copy(update={"device": device})})
-    return model, load_runner(config, model.model_file)
+    return model, load_runner(config, model.model_file, model.precision)
 
 
 def test_onnx_runtime_runs_on_cuda_with_io_binding_and_matches_the_cpu(wide):
@@ -78,9 +78,21 @@ def test_two_models_share_one_gpu_in_serve(ray_cluster, wide):
         serve.delete("gpu")
 
 
-def test_pytorch_on_cuda():
+def test_pytorch_fp16_and_bf16_variants_run_on_cuda(wide):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("this PyTorch build has no CUDA (the project installs the CPU build)")
-    x = torch.ones(4, 4, device="cuda")
-    assert float((x @ x).sum()) == 64.0
+    build_torch_copy(wide, WIDE_MODEL_NAME, "wide-torch")
+    rows = (
+        ModelRepository(wide)
+        .version(WIDE_MODEL_NAME, 1)
+        .preprocessor.transform(request_columns(synthetic_transactions(64, seed=4)))
+    )
+    for target, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        report = quantize(wide, "wide-torch", 1, target, max_accuracy_drop=0.005)
+        assert report["measured_on"]["device"] == "cuda:0"
+        version = ModelRepository(wide).version("wide-torch", report["version"])
+        runner = load_runner(version.config.model_copy(update={"instances": version.config.instances.model_copy(
+            update={"num_gpus": 0.5})}), version.model_file, version.precision)  # fmt: skip
+        assert runner.device == "cuda:0" and runner._dtype is dtype
+        assert runner.predict(rows)["fraud_probability"].shape == (64,)

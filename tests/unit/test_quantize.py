@@ -9,9 +9,10 @@ import numpy as np
 import onnx
 import pandas as pd
 import pytest
+import torch
 
 from serve_app import cli
-from serve_app.demo import request_columns, synthetic_transactions
+from serve_app.demo import build_torch_copy, request_columns, synthetic_transactions
 from serve_app.errors import InvalidInput, ModelNotFound
 from serve_app.protocol.dataplane import DataPlane, LocalEndpoint
 from serve_app.quantize import quantize
@@ -20,10 +21,10 @@ from serve_app.runtime import load_runner
 from tests.helpers import snapshot
 
 
-def scores(root: Path, version: int, frame: pd.DataFrame) -> np.ndarray:
-    model = ModelRepository(root).version("fraud", version)
-    runner = load_runner(model.config, model.model_file)
-    return runner.predict(model.preprocessor.transform(request_columns(frame)))["fraud_probability"]
+def scores(root: Path, version: int, frame: pd.DataFrame, model: str = "fraud") -> np.ndarray:
+    found = ModelRepository(root).version(model, version)
+    runner = load_runner(found.config, found.model_file, found.precision)
+    return runner.predict(found.preprocessor.transform(request_columns(frame)))["fraud_probability"]
 
 
 def test_int8_dynamic_is_registered_as_the_next_version_with_its_report(fraud_repository, capsys):
@@ -85,8 +86,10 @@ def test_bad_requests_name_the_problem_and_leave_the_repository_unchanged(fraud_
         quantize(fraud_repository, "fraud", 9, "int8-dynamic")
     with pytest.raises(ModelNotFound):
         quantize(fraud_repository, "nope", 1, "int8-dynamic")
-    with pytest.raises(InvalidInput, match="choose one of int8-dynamic, int8-static, fp16"):
+    with pytest.raises(InvalidInput, match="choose one of int8-dynamic, int8-static, fp16, bf16"):
         quantize(fraud_repository, "fraud", 2, "int4")
+    with pytest.raises(InvalidInput, match=r"--to bf16: fraud v2 is an ONNX model; .* \(bf16 is for PyTorch models\)"):
+        quantize(fraud_repository, "fraud", 2, "bf16")
     assert snapshot(fraud_repository) == before
     report = quantize(fraud_repository, "fraud", 2, "int8-dynamic")
     with pytest.raises(InvalidInput, match="already int8: quantize its fp32 source instead"):
@@ -99,7 +102,57 @@ def test_metadata_says_the_precision(fraud_repository):
     endpoints = []
     for number in (2, report["version"]):
         version = repo.version("fraud", number)
-        endpoints.append(LocalEndpoint(version, load_runner(version.config, version.model_file)))
+        endpoints.append(LocalEndpoint(version, load_runner(version.config, version.model_file, version.precision)))
     plane = DataPlane(endpoints)
     assert plane.model_metadata("fraud", "2")["parameters"] == {"precision": "fp32"}
     assert plane.model_metadata("fraud", str(report["version"]))["parameters"] == {"precision": "int8"}
+
+
+@pytest.mark.parametrize("file_format", ["pt", "pt2"])
+def test_pytorch_int8_dynamic_quantises_the_linear_layers(fraud_repository, file_format):
+    build_torch_copy(fraud_repository, "fraud", "fraud-torch", file_format)
+    frame = synthetic_transactions(200, seed=5)
+    np.testing.assert_allclose(
+        scores(fraud_repository, 1, frame, "fraud-torch"), scores(fraud_repository, 2, frame), atol=1e-5
+    )  # the twin is the same model
+    report = quantize(fraud_repository, "fraud-torch", 1, "int8-dynamic", max_accuracy_drop=0.01)
+    version = ModelRepository(fraud_repository).version("fraud-torch", 2)
+    assert version.model_file.name == "model.pt" and version.precision == "int8"
+    assert "quantized::linear_dynamic" in str(torch.jit.load(str(version.model_file)).inlined_graph)
+    assert report["accuracy"]["before"] == 0.859017 and report["accuracy"]["drop"] < 0.01
+    assert report["measured_on"] == {"platform": "pytorch_libtorch", "device": "cpu"}
+    assert report["size_ratio"] < 0.6
+    difference = np.abs(
+        scores(fraud_repository, 2, frame, "fraud-torch") - scores(fraud_repository, 1, frame, "fraud-torch")
+    )
+    assert 0 < difference.max() < 0.05  # INT8 rounding, not a different model
+    assert "PyTorch on cpu" in (version.path / "quantization.md").read_text()
+
+
+def test_pytorch_bf16_runs_the_same_file_in_bfloat16(fraud_repository):
+    build_torch_copy(fraud_repository, "fraud", "fraud-torch")
+    report = quantize(fraud_repository, "fraud-torch", 1, "bf16")
+    version = ModelRepository(fraud_repository).version("fraud-torch", report["version"])
+    assert version.precision == "bf16"
+    assert version.model_file.read_bytes() == (fraud_repository / "fraud-torch" / "1" / "model.pt").read_bytes()
+    runner = load_runner(version.config, version.model_file, version.precision)
+    assert runner._dtype is torch.bfloat16 and abs(report["accuracy"]["drop"]) < 0.01
+    frame = synthetic_transactions(200, seed=5)
+    difference = np.abs(
+        scores(fraud_repository, 2, frame, "fraud-torch") - scores(fraud_repository, 1, frame, "fraud-torch")
+    )
+    assert 0 < difference.max() < 0.05
+    plane = DataPlane([LocalEndpoint(version, runner)])
+    assert plane.model_metadata("fraud-torch", "2")["parameters"] == {"precision": "bf16"}
+
+
+def test_pytorch_targets_the_platform_cannot_do_are_refused(fraud_repository):
+    build_torch_copy(fraud_repository, "fraud", "fraud-torch")
+    before = snapshot(fraud_repository)
+    refused = r"--to int8-static: fraud-torch v1 is a PyTorch model; .* \(serve-app export\)"
+    with pytest.raises(InvalidInput, match=refused):
+        quantize(fraud_repository, "fraud-torch", 1, "int8-static")
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidInput, match=r"a PyTorch fp16 variant runs on a GPU, and this machine has no usable"):
+            quantize(fraud_repository, "fraud-torch", 1, "fp16")
+    assert snapshot(fraud_repository) == before
