@@ -125,7 +125,7 @@ def choose_versions(settings: BatchSettings, graph: GraphArgs) -> tuple[str, lis
     elif traffic is not None:
         version = traffic.champion
     else:
-        version = repository.served_versions(model)[-1].version
+        version = repository.served_versions(model, graph.versions.get(model))[-1].version
     versions = [repository.version(model, version)]
     if settings.compare:
         if traffic is None or traffic.challenger is None:

@@ -21,20 +21,17 @@ from __future__ import annotations
 
 from ray.serve import Application
 
-from graphs.single_model import drift_monitor, resolve_paths, version_pipeline
+from graphs.single_model import drift_monitor, resolve_paths, router, version_pipeline
 from serve_app.config import ExperimentGraphArgs, GraphArgs
-from serve_app.deployments.experiment import ExperimentDeployment
-from serve_app.deployments.router import Router
+from serve_app.deployments.experiment import EXPERIMENTS_DEPLOYMENT, ExperimentDeployment
 from serve_app.errors import RepositoryError
 from serve_app.repository import ModelRepository
-
-EXPERIMENTS_DEPLOYMENT = "experiments"
 
 
 def build_app(args: dict) -> Application:
     settings = resolve_paths(ExperimentGraphArgs.model_validate(args))
     repository = ModelRepository(settings.repository)
-    served = repository.check(settings.models)  # a broken repository fails at start
+    served = repository.check(settings.models, settings.versions)  # a broken repository fails at start
     loaded = {(v.name, v.version) for v in served}
     for model, experiment in settings.experiments.items():
         if model not in {v.name for v in served}:
@@ -55,8 +52,7 @@ def build_app(args: dict) -> Application:
         ray_actor_options={"num_cpus": settings.num_cpus_ingress},
     ).bind(settings.storage_uri, {model: e.settings.model_dump() for model, e in settings.experiments.items()})
     router_settings = settings.model_dump(include=set(GraphArgs.model_fields))
-    return Router.options(
-        num_replicas=settings.num_replicas_ingress,
-        max_ongoing_requests=settings.max_ongoing_requests_ingress,
-        ray_actor_options={"num_cpus": settings.num_cpus_ingress},
-    ).bind(router_settings, pipelines, experiments, traffic, drift_monitor(settings, served, experiments))
+    return router(settings).bind(
+        router_settings, pipelines, experiments, traffic, drift_monitor(settings, served, experiments),
+        settings.model_dump(mode="json"),
+    )  # fmt: skip

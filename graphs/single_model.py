@@ -16,7 +16,7 @@ from serve_app.config import GraphArgs
 from serve_app.deployments.drift_monitor import DriftMonitorDeployment
 from serve_app.deployments.model import ModelDeployment
 from serve_app.deployments.preprocessor import PreprocessorDeployment
-from serve_app.deployments.router import Router
+from serve_app.deployments.router import LOAD_WAIT_S, Router
 from serve_app.drift import feature_schema, load_reference
 from serve_app.errors import RepositoryError
 from serve_app.repository import ModelRepository, ModelVersion
@@ -26,13 +26,25 @@ DRIFT_DEPLOYMENT = "drift-monitor"
 
 def build_app(args: dict) -> Application:
     settings = resolve_paths(GraphArgs.model_validate(args))
-    served = ModelRepository(settings.repository).check(settings.models)  # a broken repository fails at start
+    served = ModelRepository(settings.repository).check(settings.models, settings.versions)  # fails at start
     pipelines = [version_pipeline(settings.repository, version, settings) for version in served]
+    return router(settings).bind(
+        settings.model_dump(),
+        pipelines,
+        drift=drift_monitor(settings, served),
+        app_args=settings.model_dump(mode="json"),
+    )
+
+
+def router(settings: GraphArgs):
+    # An old replica finishes its requests before it stops, a load or unload included (it waits
+    # for the new version's replicas, up to the router's LOAD_WAIT_S).
     return Router.options(
         num_replicas=settings.num_replicas_ingress,
         max_ongoing_requests=settings.max_ongoing_requests_ingress,
+        graceful_shutdown_timeout_s=LOAD_WAIT_S + 30,
         ray_actor_options={"num_cpus": settings.num_cpus_ingress},
-    ).bind(settings.model_dump(), pipelines, drift=drift_monitor(settings, served))
+    )
 
 
 def resolve_paths(settings: GraphArgs) -> GraphArgs:

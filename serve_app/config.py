@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -256,6 +256,9 @@ class GraphArgs(Strict):
     cheap per request; Serve's default of 5 makes callers back off and retry under load."""
     drift: dict[str, DriftSettings] = {}
     """Models whose inputs and scores the drift monitor watches."""
+    versions: dict[str, Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]] = {}
+    """Versions to serve per model, instead of its config's version_policy (what the repository
+    API's load and unload change; an experiment's versions are served in any case)."""
 
 
 def describe_validation_error(error: ValidationError, source: str) -> str:

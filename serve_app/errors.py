@@ -50,6 +50,13 @@ class ModelNotFound(ServeAppError):
     grpc_code = "NOT_FOUND"
 
 
+class Conflict(ServeAppError):
+    """The request is well-formed but would break what is serving (e.g. unload the only version)."""
+
+    http_status = 409
+    grpc_code = "FAILED_PRECONDITION"
+
+
 class PayloadTooLarge(ServeAppError):
     http_status = 413
     grpc_code = "RESOURCE_EXHAUSTED"

@@ -135,19 +135,20 @@ class ModelRepository:
         model_dir = self._model_dir(name)
         return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
-    def served_versions(self, name: str) -> list[ModelVersion]:
-        """The versions the config's version policy selects, each checked."""
+    def served_versions(self, name: str, chosen: list[int] | None = None) -> list[ModelVersion]:
+        """The versions `chosen` (the app's `versions` arg), else those the config's version policy
+        selects, each checked."""
         config = self.config(name)
         available = self.available_versions(name)
         policy = config.version_policy
         path = self.root / name / CONFIG_FILE
-        if policy.specific is not None:
-            absent = sorted(set(policy.specific) - set(available))
+        where = f"args field 'versions.{name}'" if chosen is not None else f"{path}: field 'version_policy.specific'"
+        explicit = chosen if chosen is not None else policy.specific
+        if explicit is not None:
+            absent = sorted(set(explicit) - set(available))
             if absent:
-                raise RepositoryError(
-                    f"{path}: field 'version_policy.specific': version(s) {absent} not found (on disk: {available})"
-                )
-            chosen = sorted(policy.specific)
+                raise RepositoryError(f"{where}: version(s) {absent} not found (on disk: {available})")
+            chosen = sorted(set(explicit))
         else:
             chosen = available[-policy.latest :]
         if not chosen:
@@ -179,12 +180,17 @@ class ModelRepository:
                                 "reason": "" if ready else "not loaded by this application"})  # fmt: skip
         return entries
 
-    def check(self, names: list[str] | None = None) -> list[ModelVersion]:
-        """Validate the models to serve (default: all); raise on the first broken file."""
+    def check(self, names: list[str] | None = None, versions: dict[str, list[int]] | None = None) -> list[ModelVersion]:
+        """Validate the models to serve (default: all), each at `versions[name]` if given, else by
+        its version policy; raise on the first broken file."""
         names = self.model_names() if names is None else names
+        versions = versions or {}
         if not names:
             raise RepositoryError(f"model repository {self.root} holds no model (no <model>/config.yaml)")
-        for name in names:
+        for name in [*names, *versions]:
             if name not in self.model_names():
                 raise RepositoryError(f"model '{name}' is not in the repository {self.root}")
-        return [version for name in names for version in self.served_versions(name)]
+        unserved = sorted(set(versions) - set(names))
+        if unserved:
+            raise RepositoryError(f"args field 'versions': models {unserved} are not among those served")
+        return [version for name in names for version in self.served_versions(name, versions.get(name))]

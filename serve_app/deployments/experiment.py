@@ -10,6 +10,7 @@ from serve_app.experiment_store import ExperimentStore
 
 logger = logging.getLogger("ray.serve")
 FLUSH_INTERVAL_S = 1.0
+EXPERIMENTS_DEPLOYMENT = "experiments"
 
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=1000)

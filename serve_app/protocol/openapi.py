@@ -93,6 +93,7 @@ class ModelMetadata(_Schema):
 
 ERRORS = {status: {"model": Error} for status in (400, 404, 413, 422, 503, 504)}
 AUTH_ERRORS = {status: {"model": Error} for status in (401, 403)}
+CONTROL_ERRORS = {status: {"model": Error} for status in (400, 401, 403, 404, 409, 413)}
 REF_TEMPLATE = "#/components/schemas/{model}"
 
 

@@ -1,0 +1,188 @@
+"""Live updates under traffic: a version registered, loaded, made challenger and shadow, and an old
+one unloaded through the repository API, then the same app changed by `serve deploy`; a client
+sending all along sees no failure. Bad load/unload requests change nothing."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections import Counter
+
+import httpx
+import pytest
+import tritonclient.http
+from ray import serve
+from ray.serve.context import _get_global_client
+from tritonclient.utils import InferenceServerException
+
+from serve_app.demo import request_columns, synthetic_transactions
+from serve_app.onboarding import register
+from serve_app.protocol.rest import request_body
+from tests.conftest import ADMIN_TOKEN
+from tests.helpers import serve_deploy
+
+APP = "control"
+PREFIX = "/control"
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+BODY = request_body(request_columns(synthetic_transactions(1, seed=81)))
+
+
+class Traffic:
+    """A client sending requests back to back from its own thread, counting every answer."""
+
+    def __init__(self, url: str):
+        self.url, self.answers, self.failures, self.slowest_s = url, Counter(), [], 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=60) as http:
+            n = 0
+            while not self._stop.is_set():
+                n += 1
+                headers = {"x-routing-key": f"user-{n}"}
+                start = time.perf_counter()
+                try:
+                    response = http.post("/v2/models/fraud/infer", json=BODY, headers=headers)
+                except httpx.HTTPError as error:
+                    self.failures.append(repr(error))
+                    continue
+                self.slowest_s = max(self.slowest_s, time.perf_counter() - start)
+                if response.status_code == 200:
+                    self.answers[response.headers["x-model-version"]] += 1
+                else:
+                    self.failures.append(f"{response.status_code} {response.text[:200]}")
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join(timeout=90)
+        print(f"traffic: {dict(self.answers)} answered, {len(self.failures)} failed, slowest {self.slowest_s:.2f} s")
+
+
+@pytest.fixture(scope="module")
+def deployed(ray_cluster, demo_repository, tmp_path_factory):
+    root = tmp_path_factory.mktemp("control") / "repository"
+    shutil.copytree(demo_repository / "fraud", root / "fraud")
+    traffic = {"champion": 1, "challenger": 2, "challenger_weight": 0.5}
+    args = {"repository": str(root), "storage_uri": str(tmp_path_factory.mktemp("control-storage")),
+            "models": ["fraud"], "experiments": {"fraud": {"traffic": traffic}}}  # fmt: skip
+    batching = {"max_batch_size": 8, "batch_wait_timeout_s": 0.002}
+    overrides = [{"name": "experiments", "user_config": {"traffic": {"fraud": traffic}}}]  # as configs/ do
+    overrides += [{"name": f"fraud-v{v}-model", "user_config": batching} for v in (1, 2)]
+    application = {"name": APP, "route_prefix": PREFIX, "import_path": "graphs.champion_challenger:build_app",
+                   "args": args, "runtime_env": {"env_vars": {"SERVE_APP_ADMIN_TOKEN": ADMIN_TOKEN}},
+                   "deployments": overrides}  # fmt: skip
+    config_path = tmp_path_factory.mktemp("control-config") / "control.yaml"
+    url = ray_cluster.http_url + PREFIX
+
+    def ready() -> bool:
+        return httpx.get(url + "/v2/health/ready", timeout=5).status_code == 200
+
+    serve_deploy(ray_cluster.dashboard_url, application, config_path, ready)
+    yield {"root": root, "url": url, "application": application, "config": config_path, "ready": ready,
+           "dashboard": ray_cluster.dashboard_url}  # fmt: skip
+    serve.delete(APP)
+
+
+def index(http: httpx.Client) -> dict[str, str]:
+    return {e["version"]: e["state"] for e in http.post("/v2/repository/index").json() if e["name"] == "fraud"}
+
+
+def test_bad_control_requests_are_refused_and_change_nothing(deployed):
+    with httpx.Client(base_url=deployed["url"], timeout=30) as http:
+        before = index(http)
+        assert before == {"1": "READY", "2": "READY"}
+        refused = [
+            ("load", "fraud", None, None, 401),  # no token
+            ("load", "nope", AUTH, None, 404),
+            ("load", "fraud", AUTH, {"parameters": {"version": 9}}, 404),
+            ("load", "fraud", AUTH, {"parameters": {"version": 2}}, 409),  # already loaded
+            ("load", "fraud", AUTH, {"parameters": {"config": "{}"}}, 400),  # changes go through register
+            ("load", "fraud", AUTH, {"parameters": {"version": "2"}}, 400),
+            ("load", "..%5Cfraud", AUTH, None, 400),  # path characters
+            ("unload", "fraud", AUTH, {"parameters": {"version": 1}}, 409),  # the champion
+            ("unload", "fraud", AUTH, None, 409),  # the model has an experiment
+        ]
+        for action, model, headers, body, status in refused:
+            response = http.post(f"/v2/repository/models/{model}/{action}", json=body, headers=headers)
+            assert response.status_code == status, (action, model, body, response.text)
+            assert response.json()["error"]
+        triton = tritonclient.http.InferenceServerClient(deployed["url"].removeprefix("http://"))
+        triton.load_model("fraud", headers=AUTH)  # loaded already: nothing to do
+        with pytest.raises(InferenceServerException, match="model 'fraud' has an experiment"):
+            triton.unload_model("fraud", headers=AUTH)
+        with pytest.raises(InferenceServerException, match="a valid 'Authorization: Bearer <token>' header"):
+            triton.load_model("fraud")
+        response = http.put("/v2/models/fraud/experiment/traffic", json={"champion": 7}, headers=AUTH)
+        assert response.status_code == 404 and "no version(s) [7]" in response.json()["error"]
+        assert index(http) == before
+
+
+def test_a_new_version_goes_live_under_traffic_without_a_failed_request(deployed):
+    root = deployed["root"]
+    with httpx.Client(base_url=deployed["url"], timeout=120) as http, Traffic(deployed["url"]) as client:
+        time.sleep(1)
+        register(root, "fraud", root / "fraud" / "2" / "model.onnx")  # v3, on disk, not yet served
+        assert index(http)["3"] == "UNAVAILABLE"
+        start = time.perf_counter()
+        loaded = http.post("/v2/repository/models/fraud/load", json={"parameters": {"version": 3}}, headers=AUTH)
+        print(f"load took {time.perf_counter() - start:.1f} s")
+        assert loaded.status_code == 200, loaded.text
+        assert loaded.json()["added"] == ["fraud-v3-model", "fraud-v3-preprocessor"]
+        assert index(http) == {"1": "READY", "2": "READY", "3": "READY"}
+        assert http.post("/v2/models/fraud/versions/3/infer", json=BODY).status_code == 200
+
+        challenger = {"champion": 1, "challenger": 3, "challenger_weight": 0.5, "shadows": [2], "shadow_fraction": 1.0}
+        response = http.put("/v2/models/fraud/experiment/traffic", json=challenger, headers=AUTH)
+        assert response.status_code == 200, response.text
+        _wait_for(lambda: http.get("/v2/models/fraud/experiment").json()["traffic"]["challenger"]["version"] == 3)
+        seen = client.answers.copy()
+        time.sleep(3)
+        assert client.answers["3"] > seen["3"]  # the challenger answers now
+
+        response = http.put("/v2/models/fraud/experiment/traffic", json={**challenger, "shadows": []}, headers=AUTH)
+        assert response.status_code == 200, response.text
+        unloaded = http.post("/v2/repository/models/fraud/unload", json={"parameters": {"version": 2}}, headers=AUTH)
+        assert unloaded.status_code == 200, unloaded.text
+        assert unloaded.json()["removed"] == ["fraud-v2-model", "fraud-v2-preprocessor"]
+        assert unloaded.json()["overrides_dropped"] == ["fraud-v2-model"]
+        kept = _get_global_client().get_serve_details()["applications"][APP]["deployed_app_config"]["deployments"]
+        assert [o["name"] for o in kept] == ["experiments", "fraud-v1-model"]  # the config's other overrides stay
+        assert kept[0]["user_config"]["traffic"]["fraud"]["challenger"] == 3  # the API's traffic, not the file's
+        assert index(http) == {"1": "READY", "2": "UNAVAILABLE", "3": "READY"}
+        time.sleep(1)
+    assert client.failures == [] and sum(client.answers.values()) > 50, (client.failures[:5], client.answers)
+
+
+def test_serve_deploy_with_a_changed_config_goes_live_without_a_failed_request(deployed):
+    application = deployed["application"]
+    args = {**application["args"], "versions": {"fraud": [1, 3]}}
+    traffic = {"champion": 1, "challenger": 3, "challenger_weight": 1.0}
+    experiments = {"name": "experiments", "user_config": {"traffic": {"fraud": traffic}}}
+    changed = {**application, "args": {**args, "experiments": {"fraud": {"traffic": traffic}}},
+               "deployments": [experiments, application["deployments"][1]]}  # fmt: skip
+    with httpx.Client(base_url=deployed["url"], timeout=60) as http, Traffic(deployed["url"]) as client:
+        time.sleep(1)
+
+        def challenger_takes_all() -> bool:
+            summary = http.get("/v2/models/fraud/experiment").json()
+            return deployed["ready"]() and summary["traffic"]["challenger"]["weight"] == 1.0
+
+        serve_deploy(deployed["dashboard"], changed, deployed["config"], challenger_takes_all)
+        seen = client.answers.copy()
+        time.sleep(3)
+        assert client.answers["3"] > seen["3"] and client.answers["1"] == seen["1"]
+    assert client.failures == [] and sum(client.answers.values()) > 20, (client.failures[:5], client.answers)
+
+
+def _wait_for(condition, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(0.5)
