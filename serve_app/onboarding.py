@@ -59,7 +59,12 @@ def commit_version(repository: str | Path, model: str, staging: Path) -> int:
     """Rename the staging folder to the next version number: the version appears whole, or not at all."""
     existing = ModelRepository(repository).available_versions(model) if (Path(repository) / model).is_dir() else []
     version = max(existing, default=0) + 1
-    staging.rename(Path(repository) / model / str(version))
+    target = Path(repository) / model / str(version)
+    try:
+        staging.rename(target)  # never onto a version folder: rename refuses a non-empty one
+    except OSError:
+        raise InvalidInput(f"{model} v{version} already exists (written meanwhile by someone else): "
+                           "nothing was written; run the command again") from None  # fmt: skip
     return version
 
 

@@ -95,3 +95,18 @@ def test_failed_exports_are_not_registered(fraud_repository, tmp_path):
     with pytest.raises(InvalidInput, match=r"lacks the column\(s\) \['hour'\]"):
         export(fraud_repository, "fraud", tmp_path / "scorer.pt", tmp_path / "short.parquet")
     assert snapshot(fraud_repository) == before
+
+
+def test_a_version_written_meanwhile_is_never_overwritten(fraud_repository, monkeypatch):
+    """Two registrations racing for the same number: the second is refused, the first kept whole."""
+    from serve_app import onboarding
+
+    before = snapshot(fraud_repository)
+    taken = fraud_repository / "fraud" / "3"
+    taken.mkdir()
+    (taken / "model.onnx").write_bytes(b"the other registration")
+    monkeypatch.setattr(onboarding.ModelRepository, "available_versions", lambda self, model: [1, 2])
+    with pytest.raises(InvalidInput, match=r"fraud v3 already exists \(written meanwhile by someone else\)"):
+        register(fraud_repository, "fraud", fraud_repository / "fraud" / "2" / "model.onnx")
+    assert (taken / "model.onnx").read_bytes() == b"the other registration"
+    assert snapshot(fraud_repository) == sorted([*before, "fraud/3", "fraud/3/model.onnx"])
