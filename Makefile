@@ -8,7 +8,7 @@ REPOSITORY ?= model_repository
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo run test lint format bench proto clean
+.PHONY: install demo run test lint format bench bench-env proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,18 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: install
+# MLServer, the peer of benchmarks/stacks.py, lives in an environment of its own.
+MLSERVER_VENV := benchmarks/.mlserver
+
+$(MLSERVER_VENV)/.installed: benchmarks/mlserver-requirements.txt
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet -r benchmarks/mlserver-requirements.txt
+	touch $@
+
+bench-env: $(MLSERVER_VENV)/.installed
+
+bench: install bench-env
+	$(BIN)/python benchmarks/stacks.py
 	$(BIN)/python benchmarks/graph_latency.py
 	$(BIN)/python benchmarks/protocol_formats.py
 	$(BIN)/python benchmarks/shadow_latency.py
@@ -55,4 +66,4 @@ proto: install
 		serve_app/protocol/generated/grpc_predict_v2.proto
 
 clean:
-	rm -rf $(VENV) $(REPOSITORY) .pytest_cache
+	rm -rf $(VENV) $(REPOSITORY) .pytest_cache $(MLSERVER_VENV)

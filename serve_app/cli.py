@@ -17,6 +17,10 @@ def _demo_build(args: argparse.Namespace) -> int:
         from serve_app.demo import build_wide_model
 
         metrics["wide"] = build_wide_model(args.out, seed=args.seed)
+    if args.ffn:
+        from serve_app.demo import build_ffn_model
+
+        metrics["ffn"] = str(build_ffn_model(args.out, seed=args.seed))
     print(f"demo repository written to {args.out}")
     print(json.dumps(metrics, indent=1))
     return 0
@@ -152,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--out", default="model_repository", help="repository root to write")
     build.add_argument("--seed", type=int, default=7)
     build.add_argument("--wide", action="store_true", help="also build fraud-wide, a large MLP (quantisation demo)")
+    build.add_argument("--ffn", action="store_true", help="also build ffn, a 38M-parameter model (benchmarks)")
     build.set_defaults(run=_demo_build)
 
     repository = commands.add_parser("repository", help="the model repository").add_subparsers(

@@ -7,6 +7,7 @@ large amounts on new accounts) that a linear model cannot, so it scores better.
 
 from __future__ import annotations
 
+import itertools
 import json
 import warnings
 from pathlib import Path
@@ -349,3 +350,44 @@ def build_torch_copy(root: str | Path, source: str, name: str, file_format: str 
               "platform": "pytorch_libtorch", "version_policy": {"latest": 1}}  # fmt: skip
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return out
+
+
+BIG_MODEL_NAME = "ffn"
+BIG_DIMS = (512, 4096, 4096, 4096, 512)
+
+
+def ffn_onnx(seed: int) -> onnx.ModelProto:
+    """A transformer-sized feed-forward stack, 512 -> 4096 -> 4096 -> 4096 -> 512 (ReLU between),
+    38 M parameters (151 MB). At batch 1 a call reads every weight for one row (memory-bound, about
+    3 ms here); at batch 32 the same read serves 32 rows: the model where batching pays. Random
+    weights (He-initialised, seeded): it exists to cost what such a model costs."""
+    rng = np.random.default_rng(seed)
+    nodes, initializers, current = [], [], "embedding"
+    for index, (fan_in, fan_out) in enumerate(itertools.pairwise(BIG_DIMS)):
+        weight = (rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+        initializers.append(numpy_helper.from_array(weight, f"W{index}"))
+        last = index == len(BIG_DIMS) - 2
+        nodes.append(helper.make_node("MatMul", [current, f"W{index}"], ["output" if last else f"m{index}"]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"m{index}"], [f"h{index}"]))
+            current = f"h{index}"
+    graph = helper.make_graph(
+        nodes, "ffn",
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", BIG_DIMS[0]])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", BIG_DIMS[-1]])],
+        initializers,
+    )  # fmt: skip
+    return _finish(graph, "ffn: 512-4096-4096-4096-512 feed-forward stack, 38M parameters (benchmark model)")
+
+
+def build_ffn_model(root: str | Path, seed: int = 7) -> Path:
+    """`ffn` v1: the compute-heavy model of the benchmarks (`serve-app demo build --ffn`)."""
+    config = _plain_config(
+        BIG_MODEL_NAME, "A transformer-sized feed-forward stack on 512-wide embeddings (a benchmark model).",
+        [{"name": "embedding", "datatype": "FP32", "dims": [-1, BIG_DIMS[0]]}],
+        [{"name": "output", "datatype": "FP32", "dims": [-1, BIG_DIMS[-1]]}],
+    )  # fmt: skip
+    config["dynamic_batching"] = {"max_batch_size": 32, "batch_wait_timeout_s": 0.005}
+    config["instances"]["num_cpus"] = 1
+    _write_model(Path(root), BIG_MODEL_NAME, ffn_onnx(seed), config)
+    return Path(root) / BIG_MODEL_NAME

@@ -1,0 +1,84 @@
+"""A Ray Serve stack for the benchmark, in a process of its own with its own local Ray cluster.
+
+    python benchmarks/servers/ray_stack.py --stack vanilla|single|full --repository R --port P
+
+vanilla: one deployment per model, no batching, the way the Ray docs' first example serves a model
+(a class whose __call__ takes the HTTP request), with Serve's default settings.
+single:  serve-app's single-model graph (router, preprocessor, model with @serve.batch).
+full:    serve-app's champion/challenger graph: fraud v2 champion, v1 challenger at 5%, v3 shadow at
+         100% and the drift monitor on; ffn v1 champion, v2 challenger at 5%, v3 shadow at 100%.
+Prints READY once every application runs; stops Serve and Ray on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+import ray
+from ray import serve
+from starlette.requests import Request
+
+sys.path.insert(0, str(Path(__file__).parent))
+from plain import PlainScorer
+
+SERVED = {"fraud": 2, "ffn": 1}
+
+
+@serve.deployment
+class VanillaModel:
+    def __init__(self, version_dir: str):
+        self.scorer = PlainScorer(version_dir)
+
+    async def __call__(self, request: Request) -> dict:
+        return self.scorer.answer(await request.body())
+
+
+def deploy(stack: str, repository: Path, storage: Path) -> None:
+    if stack == "vanilla":
+        for model, version in SERVED.items():
+            app = VanillaModel.bind(str(repository / model / str(version)))
+            serve.run(app, name=model, route_prefix=f"/v2/models/{model}/infer")
+        return
+    args = {"repository": str(repository), "models": list(SERVED), "storage_uri": str(storage)}
+    if stack == "single":
+        from graphs.single_model import build_app
+
+        args["versions"] = {model: [version] for model, version in SERVED.items()}
+    else:
+        from graphs.champion_challenger import build_app
+
+        split = {"challenger_weight": 0.05, "shadows": [3], "shadow_fraction": 1.0}
+        args["experiments"] = {
+            "fraud": {"traffic": {"champion": 2, "challenger": 1, **split}},
+            "ffn": {"traffic": {"champion": 1, "challenger": 2, **split}},
+        }
+        args["drift"] = {"fraud": {"window_size": 1000}}
+    serve.run(build_app(args), name="serve-app", route_prefix="/")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--stack", choices=["vanilla", "single", "full"], required=True)
+    parser.add_argument("--repository", type=Path, required=True)
+    parser.add_argument("--storage", type=Path, required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    # Logical CPUs: every stack shares this machine's cores; the graphs only need room to schedule.
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+    deploy(args.stack, args.repository, args.storage)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    print("READY", flush=True)
+    while not stopping:
+        time.sleep(0.2)
+    serve.shutdown()
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
