@@ -128,8 +128,10 @@ class Stack:
         if self.name == "mlserver":
             return [str(MLSERVER), "start", str(self._mlserver_settings())], env
         storage = self.workdir / f"storage-{self.name}"
-        return [sys.executable, str(HERE / "servers" / "ray_stack.py"), "--stack", self.name, "--repository",
-                repository, "--storage", str(storage), "--port", str(self.port)], env  # fmt: skip
+        stack, _, preprocessing = self.name.partition("+")  # single+replica: preprocessing in its own replica
+        return [sys.executable, str(HERE / "servers" / "ray_stack.py"), "--stack", stack, "--repository",
+                repository, "--storage", str(storage), "--port", str(self.port),
+                "--preprocessing", preprocessing or "in_model"], env  # fmt: skip
 
     def _mlserver_settings(self) -> Path:
         folder = self.workdir / "mlserver"
@@ -292,6 +294,7 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=5.0)
     parser.add_argument("--warmup-s", type=float, default=2.0)
     parser.add_argument("--smoke", action="store_true", help="a short run that only checks the harness works")
+    parser.add_argument("--name", default="stacks", help="results file name (another for a partial comparison)")
     args = parser.parse_args()
     if args.smoke:
         args.stacks, args.sizes, args.concurrency, args.duration_s, args.warmup_s = "naive,single", "1", "2", 1, 0.5
@@ -312,7 +315,7 @@ def main() -> None:
                         point = measure(stack, model, rows, bodies[model, rows], c, args)
                         points.append(point)
                         print(json.dumps(point), flush=True)
-    result = {**result_header("stacks"), "models": models, "sizes": sizes, "stacks": stacks,
+    result = {**result_header(args.name), "models": models, "sizes": sizes, "stacks": stacks,
               "settings": {"duration_s": args.duration_s, "warmup_s": args.warmup_s, "sla_ms": SLA_MS},
               "points": points}  # fmt: skip
     result["headline"] = headline(points)
@@ -320,8 +323,8 @@ def main() -> None:
         print(markdown(result))
         return
     out = write_result(result)
-    (RESULTS / f"stacks-{result['date']}.md").write_text(markdown(result))
-    plot(result, RESULTS / f"stacks-{result['date']}.png")
+    (RESULTS / f"{args.name}-{result['date']}.md").write_text(markdown(result))
+    plot(result, RESULTS / f"{args.name}-{result['date']}.png")
     print(markdown(result))
     print(f"written to {out} (and .md, .png)")
 

@@ -85,7 +85,8 @@ def version_pipeline(repository: str, version: ModelVersion, settings: GraphArgs
     config = version.config
     prefix = f"{config.name}-v{version.version}"
     preprocessor = None
-    if version.preprocessor is not None:
+    in_model = version.preprocessor is not None and settings.preprocessing == "in_model"
+    if version.preprocessor is not None and not in_model:
         preprocessor = PreprocessorDeployment.options(
             name=f"{prefix}-preprocessor",
             num_replicas=config.instances.num_replicas,
@@ -99,5 +100,5 @@ def version_pipeline(repository: str, version: ModelVersion, settings: GraphArgs
         max_ongoing_requests=max(2 * config.dynamic_batching.max_batch_size, config.max_batch_size),
         user_config=config.dynamic_batching.model_dump(),
         ray_actor_options={"num_cpus": config.instances.num_cpus, "num_gpus": config.instances.num_gpus},
-    ).bind(repository, config.name, version.version)
+    ).bind(repository, config.name, version.version, preprocess=in_model)
     return {"model": config.name, "version": version.version, "preprocessor": preprocessor, "runner": runner}

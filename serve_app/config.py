@@ -256,6 +256,9 @@ class GraphArgs(Strict):
     cheap per request; Serve's default of 5 makes callers back off and retry under load."""
     drift: dict[str, DriftSettings] = {}
     """Models whose inputs and scores the drift monitor watches."""
+    preprocessing: Literal["in_model", "replica"] = "in_model"
+    """Where a version's preprocessor runs: inside its model replica (no hop between the stages, as
+    Triton's ensembles avoid a round trip), or in a preprocessor replica of its own (scaled apart)."""
     versions: dict[str, Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]] = {}
     """Versions to serve per model, instead of its config's version_policy (what the repository
     API's load and unload change; an experiment's versions are served in any case)."""

@@ -37,13 +37,14 @@ class VanillaModel:
         return self.scorer.answer(await request.body())
 
 
-def deploy(stack: str, repository: Path, storage: Path) -> None:
+def deploy(stack: str, repository: Path, storage: Path, preprocessing: str) -> None:
     if stack == "vanilla":
         for model, version in SERVED.items():
             app = VanillaModel.bind(str(repository / model / str(version)))
             serve.run(app, name=model, route_prefix=f"/v2/models/{model}/infer")
         return
-    args = {"repository": str(repository), "models": list(SERVED), "storage_uri": str(storage)}
+    args = {"repository": str(repository), "models": list(SERVED), "storage_uri": str(storage),
+            "preprocessing": preprocessing}  # fmt: skip
     if stack == "single":
         from graphs.single_model import build_app
 
@@ -66,11 +67,12 @@ def main() -> None:
     parser.add_argument("--repository", type=Path, required=True)
     parser.add_argument("--storage", type=Path, required=True)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--preprocessing", choices=["in_model", "replica"], default="in_model")
     args = parser.parse_args()
     # Logical CPUs: every stack shares this machine's cores; the graphs only need room to schedule.
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-    deploy(args.stack, args.repository, args.storage)
+    deploy(args.stack, args.repository, args.storage, args.preprocessing)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     print("READY", flush=True)

@@ -42,13 +42,13 @@ def test_concurrent_requests_are_batched(served):
     assert after["max_requests_per_batch"] > 1
 
 
-def test_pipeline_through_handles_matches_http(served, client):
+def test_the_model_replica_preprocesses_and_matches_http(served, client):
+    """preprocessing: in_model (the default): raw columns go to the model replica, no hop between."""
     columns = request_columns(synthetic_transactions(5, seed=32))
-    preprocessor = serve.get_deployment_handle("fraud-v1-preprocessor", app_name=APP_NAME)
     model = serve.get_deployment_handle("fraud-v1-model", app_name=APP_NAME)
-    tensors = preprocessor.transform.remote(columns).result()
-    assert tensors["features"].shape == (5, 26) and tensors["features"].dtype == np.float32
-    scores = model.predict.remote(tensors).result()["fraud_probability"]
+    assert "fraud-v1-preprocessor" not in serve.status().applications[APP_NAME].deployments
+    scores = model.predict.remote(columns).result()["fraud_probability"]
+    assert scores.shape == (5,) and scores.dtype == np.float32
     over_http = client.post("/v2/models/fraud/versions/1/infer", json=request_body(columns)).json()
     np.testing.assert_allclose(over_http["outputs"][0]["data"], scores, rtol=1e-6)
 

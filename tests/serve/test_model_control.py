@@ -69,8 +69,13 @@ def deployed(ray_cluster, demo_repository, tmp_path_factory):
     root = tmp_path_factory.mktemp("control") / "repository"
     shutil.copytree(demo_repository / "fraud", root / "fraud")
     traffic = {"champion": 1, "challenger": 2, "challenger_weight": 0.5}
-    args = {"repository": str(root), "storage_uri": str(tmp_path_factory.mktemp("control-storage")),
-            "models": ["fraud"], "experiments": {"fraud": {"traffic": traffic}}}  # fmt: skip
+    args = {
+        "repository": str(root),
+        "storage_uri": str(tmp_path_factory.mktemp("control-storage")),
+        "models": ["fraud"],
+        "experiments": {"fraud": {"traffic": traffic}},
+        "preprocessing": "replica",  # the other layout: a preprocessor replica per version
+    }
     batching = {"max_batch_size": 8, "batch_wait_timeout_s": 0.002}
     overrides = [{"name": "experiments", "user_config": {"traffic": {"fraud": traffic}}}]  # as configs/ do
     overrides += [{"name": f"fraud-v{v}-model", "user_config": batching} for v in (1, 2)]
