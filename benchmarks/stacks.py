@@ -11,6 +11,8 @@ Stacks (each started in processes of its own, then stopped before the next):
             (benchmarks/.mlserver, made by `make bench-env`), same scorer (servers/mlserver_runtime.py)
   single    serve-app's single-model graph
   full      serve-app's full graph: challenger at 5%, shadow at 100%, drift monitor on (fraud)
+Variants, to compare settings in one run: single+replica (preprocessing in a replica of its own),
+single:RAY_SERVE_FLAG=value,... (Ray Serve's environment flags, for that stack's cluster).
 Models: the demo fraud model (v2, raw transaction columns through its preprocessor) and ffn, a
 38M-parameter feed-forward stack where batching matters. Requests of 1 row and of 256 rows (V2 JSON,
 the same bytes for every stack), closed-loop from loadgen.py in a separate process, at each
@@ -127,8 +129,11 @@ class Stack:
                     "--port", str(self.port), *models], env  # fmt: skip
         if self.name == "mlserver":
             return [str(MLSERVER), "start", str(self._mlserver_settings())], env
-        storage = self.workdir / f"storage-{self.name}"
-        stack, _, preprocessing = self.name.partition("+")  # single+replica: preprocessing in its own replica
+        # single+replica: preprocessing in a replica of its own; single:RAY_SERVE_X=0,...: Serve's flags
+        layout, _, flags = self.name.partition(":")
+        env.update(dict(flag.split("=", 1) for flag in flags.split(",") if flag))
+        storage = self.workdir / f"storage-{len(list(self.workdir.glob('storage-*')))}"
+        stack, _, preprocessing = layout.partition("+")
         return [sys.executable, str(HERE / "servers" / "ray_stack.py"), "--stack", stack, "--repository",
                 repository, "--storage", str(storage), "--port", str(self.port),
                 "--preprocessing", preprocessing or "in_model"], env  # fmt: skip
