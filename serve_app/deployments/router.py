@@ -3,7 +3,6 @@ both thin layers over one DataPlane, routed to model-version pipelines."""
 
 import asyncio
 import hmac
-import importlib
 import json
 import logging
 import os
@@ -26,7 +25,6 @@ from starlette.exceptions import HTTPException
 
 from serve_app import __version__
 from serve_app.config import GraphArgs, TrafficSettings
-from serve_app.deployments.experiment import EXPERIMENTS_DEPLOYMENT
 from serve_app.drift import DriftFeed
 from serve_app.errors import (
     Conflict,
@@ -52,6 +50,7 @@ from serve_app.protocol.rest import (
     parse_json_body,
     render_infer_response,
 )
+from serve_app.redeploy import redeploy
 from serve_app.repository import ModelRepository, ModelVersion
 from serve_app.runtime.batching import merge_rows, split_rows
 from serve_app.traffic import ROUTING_KEY_HEADER, ShadowQueue, TrafficController
@@ -66,9 +65,6 @@ SHUTDOWN_WAIT_S = 3.0
 DRIFT_TIMEOUT_S = 5.0
 """Longest a batch of rows waits for the drift monitor; then it is dropped and counted."""
 REPORT_TIMEOUT_S = 10.0
-LOAD_WAIT_S = 20.0
-"""Longest a load waits for the new graph before it answers 202 (still loading): under the proxy's
-request_timeout_s (30 s in configs/)."""
 ADMIN_TOKEN_ENV = "SERVE_APP_ADMIN_TOKEN"
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 HEADER_LENGTH = "inference-header-content-length"
@@ -194,10 +190,9 @@ def _header_length(request: Request) -> int | None:
     return int(value)
 
 
-async def _control_parameters(request: Request, allowed: set[str]) -> dict:
+def _control_parameters(body: bytes, allowed: set[str]) -> dict:
     """The `parameters` object of a load/unload body (Triton's shape); config and file overrides
     are refused: a version is changed on disk (serve-app register), not through the API."""
-    body = await request.body()
     document = parse_json_body(body) if body else {}
     parameters = document.get("parameters", {}) if isinstance(document, dict) else None
     if not isinstance(parameters, dict) or set(document) - {"parameters"}:
@@ -210,59 +205,6 @@ async def _control_parameters(request: Request, allowed: set[str]) -> dict:
     if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
         raise InvalidInput(f"parameter 'version' must be a whole number >= 1, got {version!r}")
     return parameters
-
-
-def _declared_applications() -> tuple[dict[str, dict], float | None]:
-    """The applications deployed from a config (serve deploy / serve run <config>), as deployed,
-    and the target capacity: what a redeploy must submit again, with one application changed."""
-    # Serve's public API gives no deployed config; its controller client does (as `serve config`).
-    from ray.serve.context import _get_global_client
-
-    details = _get_global_client().get_serve_details()
-    configs = {name: app.get("deployed_app_config") for name, app in details["applications"].items()}
-    return {name: config for name, config in configs.items() if config}, details.get("target_capacity")
-
-
-def _apply_applications(configs: dict[str, dict], target_capacity: float | None) -> None:
-    """What `serve deploy` asks of the controller (through the dashboard's PUT)."""
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
-
-    document = {"applications": list(configs.values()), "target_capacity": target_capacity}
-    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(document))
-
-
-def _deployment_names(application: serve.Application) -> set[str]:
-    """Every deployment an application will have (Serve keeps the bound graph in _bound_deployment)."""
-    names, pending = set(), [application]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, serve.Application):
-            deployment = item._bound_deployment
-            names.add(deployment.name)
-            pending.extend([*deployment.init_args, *deployment.init_kwargs.values()])
-        elif isinstance(item, (list, tuple)):
-            pending.extend(item)
-        elif isinstance(item, dict):
-            pending.extend(item.values())
-    return names
-
-
-def _with_traffic(override: dict, experiments: dict[str, dict]) -> dict:
-    """A config's override of the experiment store, with the traffic just set through the API
-    (its user_config would otherwise set the old traffic again)."""
-    configured = override.get("user_config", {}).get("traffic")
-    if override["name"] != EXPERIMENTS_DEPLOYMENT or configured is None:
-        return override
-    traffic = {**configured, **{model: e["traffic"] for model, e in experiments.items() if model in configured}}
-    return {**override, "user_config": {**override["user_config"], "traffic": traffic}}
-
-
-def _deployment_states(app_name: str) -> dict[str, dict]:
-    application = serve.status().applications.get(app_name)
-    if application is None:
-        return {}
-    return {name: {"status": d.status.value, "message": d.message} for name, d in application.deployments.items()}
 
 
 class HandleEndpoint(Endpoint):
@@ -597,7 +539,7 @@ class Router:
     async def load_model(self, model: str, request: Request) -> JSONResponse:
         """Triton's load: the versions the model's policy selects now, or `parameters.version`."""
         who = _authorize(request, f"load {model}")
-        version = (await _control_parameters(request, {"version"})).get("version")
+        version = _control_parameters(await self._read_body(request), {"version"}).get("version")
         action = f"load {model}" + (f" v{version}" if version else "")
         args = self._control().load(model, version)
         if args is None:
@@ -608,7 +550,7 @@ class Router:
     async def unload_model(self, model: str, request: Request) -> JSONResponse:
         """Triton's unload: the model, or only `parameters.version` of it."""
         who = _authorize(request, f"unload {model}")
-        version = (await _control_parameters(request, {"version", "unload_dependents"})).get("version")
+        version = _control_parameters(await self._read_body(request), {"version", "unload_dependents"}).get("version")
         args = self._control().unload(model, version)
         return await self._redeploy(args, f"unload {model}" + (f" v{version}" if version else ""), who)
 
@@ -633,53 +575,9 @@ class Router:
         return ModelControl(self.app_args, served, live)
 
     async def _redeploy(self, args: dict, action: str, who: str, experiments: dict | None = None) -> JSONResponse:
-        """Deploy this application's config again with `args`, as `serve deploy` does (its
-        deployment overrides kept), and wait (bounded) for a router of the new graph and the
-        replicas of every version it adds. This replica finishes this request before it stops."""
-        context = serve.get_replica_context()
-        app_name = context.app_name
-        declared, target_capacity = await asyncio.to_thread(_declared_applications)
-        if app_name not in declared:
-            raise Conflict(
-                f"application '{app_name}' was deployed with serve.run, not from a config: load and unload "
-                "deploy its config again as serve deploy does (use serve deploy or serve run <config.yaml>)"
-            )
-        module, _, name = declared[app_name]["import_path"].partition(":")
-        builder = getattr(importlib.import_module(module), name)
-        try:  # built here first, so a broken version or config changes nothing
-            names = _deployment_names(await asyncio.to_thread(builder, args))
-        except (ServeAppError, ValueError) as error:
-            raise Conflict(f"{action}: the new graph cannot be built, nothing changed: {error}") from None
-        # The config's overrides stay, except for deployments the new graph no longer has (Serve
-        # refuses a config that names a deployment its application lacks).
-        overrides = declared[app_name].get("deployments", [])
-        kept = [_with_traffic(o, experiments or {}) for o in overrides if o["name"] in names]
-        dropped = sorted(o["name"] for o in overrides if o["name"] not in names)
-        declared[app_name] = {**declared[app_name], "args": args, "deployments": kept}
-        before = await asyncio.to_thread(_deployment_states, app_name)
-        logger.info("%s by %s: deploying application '%s' again with changed args", action, who, app_name)
-        submitted = time.time()
-        await asyncio.to_thread(_apply_applications, declared, target_capacity)
-        router = serve.get_deployment_handle(context.deployment, app_name)
-        deadline = time.monotonic() + LOAD_WAIT_S
-        while True:
-            states = await asyncio.to_thread(_deployment_states, app_name)
-            # The router deployment is not HEALTHY until this replica has stopped: it is asked instead.
-            pending = {n: s for n, s in states.items() if s["status"] != "HEALTHY" and n != context.deployment}
-            try:  # this replica no longer takes requests: whoever answers is a router of the new graph
-                routed = await asyncio.wait_for(router.start_time.remote(), READY_TIMEOUT_S) > submitted
-            except Exception:  # none up yet
-                routed = False
-            if (routed and not pending and set(names) <= set(states)) or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.5)
-        done = routed and not pending
-        document = {"action": action, "application": app_name, "state": "READY" if done else "LOADING",
-                    "added": sorted(set(states) - set(before)), "removed": sorted(set(before) - set(states)),
-                    "overrides_dropped": dropped, "pending": pending}  # fmt: skip
-        if not done:
-            logger.warning("%s: still loading after %.0f s: %s", action, LOAD_WAIT_S, pending)
-        return JSONResponse(document, status_code=200 if done else 202)
+        logger.info("%s by %s: deploying the application again with changed args", action, who)
+        document = await redeploy(args, action, experiments or {})
+        return JSONResponse(document, status_code=200 if document["state"] == "READY" else 202)
 
     async def start_time(self) -> float:
         """When this replica started (a handle call: a redeploy waits for a router newer than itself)."""

@@ -1,0 +1,127 @@
+"""Deploy a running application's config again with changed args, from inside it, exactly as
+`serve deploy` with an edited file would (what the repository API's load and unload do).
+
+Serve fixes an application's deployments when it is deployed, so adding or removing a version is
+a new deployment of the application's config: the router submits the same ServeDeploySchema the
+dashboard's PUT submits (every declared application, this one changed), then waits, bounded, for a
+router of the new graph and for every deployment to be healthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import time
+
+from ray import serve
+
+from serve_app.deployments.experiment import EXPERIMENTS_DEPLOYMENT
+from serve_app.errors import Conflict, ServeAppError
+
+logger = logging.getLogger("ray.serve")
+LOAD_WAIT_S = 20.0
+"""Longest a load waits for the new graph before it answers 202 (still loading): under the proxy's
+request_timeout_s (30 s in configs/)."""
+ASK_TIMEOUT_S = 5.0
+
+
+async def redeploy(args: dict, action: str, experiments: dict[str, dict]) -> dict:
+    """Called by a router replica: deploy its application again with `args` (and the experiment
+    store's configured traffic of `experiments`); what changed and whether it is all up. This
+    replica stops taking requests meanwhile and finishes this one before it stops."""
+    context = serve.get_replica_context()
+    app_name = context.app_name
+    declared, target_capacity = await asyncio.to_thread(_declared_applications)
+    if app_name not in declared:
+        raise Conflict(
+            f"application '{app_name}' was deployed with serve.run, not from a config: load and unload "
+            "deploy its config again as serve deploy does (use serve deploy or serve run <config.yaml>)"
+        )
+    module, _, name = declared[app_name]["import_path"].partition(":")
+    builder = getattr(importlib.import_module(module), name)
+    try:  # built here first, so a broken version or config changes nothing
+        names = _deployment_names(await asyncio.to_thread(builder, args))
+    except (ServeAppError, ValueError) as error:
+        raise Conflict(f"{action}: the new graph cannot be built, nothing changed: {error}") from None
+    # The config's overrides stay, except for deployments the new graph no longer has (Serve
+    # refuses a config that names a deployment its application lacks).
+    overrides = declared[app_name].get("deployments", [])
+    kept = [_with_traffic(o, experiments) for o in overrides if o["name"] in names]
+    dropped = sorted(o["name"] for o in overrides if o["name"] not in names)
+    declared[app_name] = {**declared[app_name], "args": args, "deployments": kept}
+    before = await asyncio.to_thread(_deployment_states, app_name)
+    submitted = time.time()
+    await asyncio.to_thread(_apply_applications, declared, target_capacity)
+    router = serve.get_deployment_handle(context.deployment, app_name)
+    deadline = time.monotonic() + LOAD_WAIT_S
+    while True:
+        states = await asyncio.to_thread(_deployment_states, app_name)
+        # The router deployment is not HEALTHY until this replica has stopped: it is asked instead.
+        pending = {n: s for n, s in states.items() if s["status"] != "HEALTHY" and n != context.deployment}
+        try:  # this replica no longer takes requests: whoever answers is a router of the new graph
+            routed = await asyncio.wait_for(router.start_time.remote(), ASK_TIMEOUT_S) > submitted
+        except Exception:  # none up yet
+            routed = False
+        if (routed and not pending and names <= set(states)) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    done = routed and not pending
+    if not done:
+        logger.warning("%s: still loading after %.0f s: %s", action, LOAD_WAIT_S, pending)
+    return {"action": action, "application": app_name, "state": "READY" if done else "LOADING",
+            "added": sorted(set(states) - set(before)), "removed": sorted(set(before) - set(states)),
+            "overrides_dropped": dropped, "pending": pending}  # fmt: skip
+
+
+def _declared_applications() -> tuple[dict[str, dict], float | None]:
+    """The applications deployed from a config (serve deploy / serve run <config>), as deployed,
+    and the target capacity: what a redeploy must submit again, with one application changed."""
+    # Serve's public API gives no deployed config; its controller client does (as `serve config`).
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details()
+    configs = {name: app.get("deployed_app_config") for name, app in details["applications"].items()}
+    return {name: config for name, config in configs.items() if config}, details.get("target_capacity")
+
+
+def _apply_applications(configs: dict[str, dict], target_capacity: float | None) -> None:
+    """What `serve deploy` asks of the controller (through the dashboard's PUT)."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    document = {"applications": list(configs.values()), "target_capacity": target_capacity}
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(document))
+
+
+def _deployment_names(application: serve.Application) -> set[str]:
+    """Every deployment an application will have (Serve keeps the bound graph in _bound_deployment)."""
+    names, pending = set(), [application]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, serve.Application):
+            deployment = item._bound_deployment
+            names.add(deployment.name)
+            pending.extend([*deployment.init_args, *deployment.init_kwargs.values()])
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+    return names
+
+
+def _with_traffic(override: dict, experiments: dict[str, dict]) -> dict:
+    """A config's override of the experiment store, with the traffic just set through the API
+    (its user_config would otherwise set the old traffic again)."""
+    configured = override.get("user_config", {}).get("traffic")
+    if override["name"] != EXPERIMENTS_DEPLOYMENT or configured is None:
+        return override
+    traffic = {**configured, **{model: e["traffic"] for model, e in experiments.items() if model in configured}}
+    return {**override, "user_config": {**override["user_config"], "traffic": traffic}}
+
+
+def _deployment_states(app_name: str) -> dict[str, dict]:
+    application = serve.status().applications.get(app_name)
+    if application is None:
+        return {}
+    return {name: {"status": d.status.value, "message": d.message} for name, d in application.deployments.items()}
