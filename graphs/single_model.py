@@ -16,10 +16,10 @@ from serve_app.config import GraphArgs
 from serve_app.deployments.drift_monitor import DriftMonitorDeployment
 from serve_app.deployments.model import ModelDeployment
 from serve_app.deployments.preprocessor import PreprocessorDeployment
+from serve_app.deployments.redeploy import LOAD_WAIT_S
 from serve_app.deployments.router import Router
 from serve_app.drift import feature_schema, load_reference
 from serve_app.errors import RepositoryError
-from serve_app.redeploy import LOAD_WAIT_S
 from serve_app.repository import ModelRepository, ModelVersion
 
 DRIFT_DEPLOYMENT = "drift-monitor"

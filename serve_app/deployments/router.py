@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 
 from serve_app import __version__
 from serve_app.config import GraphArgs, TrafficSettings
+from serve_app.deployments.redeploy import redeploy
 from serve_app.drift import DriftFeed
 from serve_app.errors import (
     Conflict,
@@ -50,7 +51,6 @@ from serve_app.protocol.rest import (
     parse_json_body,
     render_infer_response,
 )
-from serve_app.redeploy import redeploy
 from serve_app.repository import ModelRepository, ModelVersion
 from serve_app.runtime.batching import merge_rows, split_rows
 from serve_app.traffic import ROUTING_KEY_HEADER, ShadowQueue, TrafficController
