@@ -21,6 +21,7 @@ from ray import serve
 from graphs.champion_challenger import build_app
 from graphs.single_model import DRIFT_DEPLOYMENT
 from serve_app.demo import LABEL, request_columns, synthetic_transactions
+from serve_app.deployments.router import BACKGROUND_INTERVAL_S
 from serve_app.drift import drift_history
 from serve_app.protocol.rest import request_body
 
@@ -178,11 +179,14 @@ def test_drift_alerts_once_freezes_the_experiment_and_clears(http, app):
 def test_killing_the_monitor_mid_traffic_fails_no_request(http, app):
     seen_before = sum(v["rows_seen"] for v in report(http)["versions"].values())
     statuses: list[int] = []
+    sent_at: list[float] = []
     frame = traffic(6 * WINDOW, seed=400)
 
     def drive():
         with httpx.Client(base_url=app["url"], timeout=30) as client:
-            statuses.extend(send(client, frame, "during-kill"))
+            for n, start in enumerate(range(0, len(frame), ROWS_PER_REQUEST)):
+                statuses.extend(send(client, frame.iloc[start : start + ROWS_PER_REQUEST], f"during-kill-{n}"))
+                sent_at.append(time.monotonic())
 
     driver = threading.Thread(target=drive)
     driver.start()
@@ -202,7 +206,11 @@ def test_killing_the_monitor_mid_traffic_fails_no_request(http, app):
     assert sum(v["rows_seen"] for v in resumed["versions"].values()) > seen_before
     dropped = sum(v["rows_dropped"] for v in resumed["versions"].values())
     seen = sum(v["rows_seen"] for v in resumed["versions"].values())
-    assert seen + dropped <= seen_before + len(frame) + 4 * WINDOW  # nothing counted twice
+    # Nothing counted twice, except the one shipment the kill may interrupt after the monitor took
+    # it: the router cannot know it arrived and counts it dropped (at most a ship interval of rows).
+    interval = BACKGROUND_INTERVAL_S + 0.5
+    in_flight = max(sum(t <= u < t + interval for u in sent_at) for t in sent_at) * ROWS_PER_REQUEST
+    assert seen + dropped <= seen_before + len(frame) + 4 * WINDOW + in_flight
 
 
 def test_a_model_without_drift_monitoring_is_a_404(client):
