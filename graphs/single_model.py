@@ -39,7 +39,7 @@ def build_app(args: dict) -> Application:
 
 def router(settings: GraphArgs):
     # An old replica finishes its requests before it stops, a load or unload included (it waits
-    # for the new version's replicas, up to the router's LOAD_WAIT_S).
+    # for the new graph, up to LOAD_WAIT_S).
     return Router.options(
         num_replicas=settings.num_replicas_ingress,
         max_ongoing_requests=settings.max_ongoing_requests_ingress,
