@@ -40,9 +40,13 @@ def write_result(result: dict) -> Path:
     return out
 
 
-def drive(url: str, body: Path, concurrency: int, duration_s: float, warmup_s: float) -> dict:
+def drive(
+    url: str, body: Path, concurrency: int, duration_s: float, warmup_s: float, headers: dict | None = None
+) -> dict:
     """One closed-loop point from loadgen.py, in a process of its own."""
     command = [sys.executable, str(HERE / "loadgen.py"), "--url", url, "--body", str(body)]
+    for key, value in (headers or {}).items():
+        command += ["--header", f"{key}:{value}"]
     command += ["--concurrency", str(concurrency), "--duration-s", str(duration_s), "--warmup-s", str(warmup_s)]
     return json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
 

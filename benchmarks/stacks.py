@@ -7,15 +7,20 @@ Stacks (each started in processes of its own, then stopped before the next):
   limit     the model in-process with ONNX Runtime: rows/s at batch 1 and at 256 rows a call
   naive     one FastAPI process under uvicorn calling ONNX Runtime per request (servers/naive.py)
   vanilla   Ray Serve, one deployment per model, no batching (servers/ray_stack.py --stack vanilla)
+  hop       vanilla behind one more deployment that forwards the body: what a second hop costs
   mlserver  MLServer with adaptive batching (32 rows, 5 ms), in its own environment
             (benchmarks/.mlserver, made by `make bench-env`), same scorer (servers/mlserver_runtime.py)
   single    serve-app's single-model graph
   full      serve-app's full graph: challenger at 5%, shadow at 100%, drift monitor on (fraud)
 Variants, to compare settings in one run: single+replica (preprocessing in a replica of its own),
-single:RAY_SERVE_FLAG=value,... (Ray Serve's environment flags, for that stack's cluster).
+single+ingress=N (the router's max_ongoing_requests), single+batch=N and single+wait=S (the models'
+dynamic_batching max_batch_size and batch_wait_timeout_s;
++batch=1 is unbatched), single:RAY_SERVE_FLAG=value+... (Ray Serve's environment flags, for that
+stack's cluster); they combine, e.g. single+batch=1+wait=0:RAY_SERVE_THROUGHPUT_OPTIMIZED=1.
 Models: the demo fraud model (v2, raw transaction columns through its preprocessor) and ffn, a
 38M-parameter feed-forward stack where batching matters. Requests of 1 row and of 256 rows (V2 JSON,
-the same bytes for every stack), closed-loop from loadgen.py in a separate process, at each
+the same bytes for every stack; --format binary: Triton's binary tensor extension, which only the
+serve-app stacks speak), closed-loop from loadgen.py in a separate process, at each
 concurrency for --duration-s after --warmup-s. Peak memory: the RSS of every process of the stack,
 sampled through each point. Writes benchmarks/results/stacks-<date>.json and .md and a plot of
 throughput against p99. The headline per stack: the highest rows/s with p99 under 50 ms.
@@ -39,10 +44,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
+import yaml
 from common import HERE, RESULTS, drive, free_port, result_header, write_result
 
 from serve_app.demo import BIG_DIMS, build_demo_repository, build_ffn_model, request_columns, synthetic_transactions
+from serve_app.protocol.raw import tensor_to_raw
 from serve_app.protocol.rest import request_body
+from serve_app.protocol.tensors import numpy_dtype
 
 sys.path.insert(0, str(HERE / "servers"))
 from plain import PlainScorer, decode_inputs
@@ -50,7 +58,10 @@ from plain import PlainScorer, decode_inputs
 ROOT = HERE.parent
 SLA_MS = 50.0
 MLSERVER = HERE / ".mlserver" / "bin" / "mlserver"
-STACKS = ("naive", "vanilla", "mlserver", "single", "full")
+STACKS = ("naive", "vanilla", "hop", "mlserver", "single", "full")
+BATCHING_OPTIONS = {"batch": "max_batch_size", "wait": "batch_wait_timeout_s"}
+INGRESS_OPTION = "ingress"
+"""single+ingress=N: the router's max_ongoing_requests (GraphArgs.max_ongoing_requests_ingress)."""
 SERVED = {"fraud": 2, "ffn": 1}
 
 
@@ -86,7 +97,24 @@ def write_bodies(workdir: Path, models: list[str], sizes: list[int]) -> dict[tup
             path = workdir / f"{model}-{rows}.json"
             path.write_text(json.dumps(document))
             bodies[model, rows] = path
+            binary, header_length = binary_body(document)
+            (workdir / f"{model}-{rows}.bin").write_bytes(binary)
+            (workdir / f"{model}-{rows}.bin.header").write_text(str(header_length))
     return bodies
+
+
+def binary_body(document: dict) -> tuple[bytes, int]:
+    """The same request in Triton's binary tensor extension: a JSON header, then each tensor's
+    bytes; the outputs come back binary too."""
+    inputs, chunks = [], []
+    for tensor in document["inputs"]:
+        data = [d.encode() if isinstance(d, str) else d for d in tensor["data"]]
+        raw = tensor_to_raw(np.array(data, dtype=numpy_dtype(tensor["datatype"])).reshape(tensor["shape"]))
+        described = {k: v for k, v in tensor.items() if k != "data"}
+        inputs.append({**described, "parameters": {"binary_data_size": len(raw)}})
+        chunks.append(raw)
+    header = json.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}}).encode()
+    return header + b"".join(chunks), len(header)
 
 
 def limit(repository: Path, bodies: dict[tuple[str, int], Path]) -> list[dict]:
@@ -129,14 +157,34 @@ class Stack:
                     "--port", str(self.port), *models], env  # fmt: skip
         if self.name == "mlserver":
             return [str(MLSERVER), "start", str(self._mlserver_settings())], env
-        # single+replica: preprocessing in a replica of its own; single:RAY_SERVE_X=0,...: Serve's flags
+        # single+replica+batch=1: options after '+'; single:RAY_SERVE_X=0+...: Serve's flags
         layout, _, flags = self.name.partition(":")
-        env.update(dict(flag.split("=", 1) for flag in flags.split(",") if flag))
+        env.update(dict(flag.split("=", 1) for flag in flags.split("+") if flag))
         storage = self.workdir / f"storage-{len(list(self.workdir.glob('storage-*')))}"
-        stack, _, preprocessing = layout.partition("+")
+        stack, *options = layout.split("+")
+        settings = dict(option.split("=", 1) for option in options if "=" in option)
+        ingress = settings.pop(INGRESS_OPTION, None)
+        if settings:
+            repository = str(self._repository_with(settings))
         return [sys.executable, str(HERE / "servers" / "ray_stack.py"), "--stack", stack, "--repository",
                 repository, "--storage", str(storage), "--port", str(self.port),
-                "--preprocessing", preprocessing or "in_model"], env  # fmt: skip
+                "--preprocessing", "replica" if "replica" in options else "in_model",
+                *(["--max-ongoing-ingress", ingress] if ingress else [])], env  # fmt: skip
+
+    def _repository_with(self, batching: dict[str, str]) -> Path:
+        """The benchmark repository with other dynamic_batching settings: edited configs, linked versions."""
+        folder = self.workdir / "repository-{}".format("-".join(f"{k}{v}" for k, v in sorted(batching.items())))
+        for model_dir in (self.workdir / "repository").iterdir():
+            (folder / model_dir.name).mkdir(parents=True, exist_ok=True)
+            for version in model_dir.iterdir():
+                target = folder / model_dir.name / version.name
+                if version.is_dir() and not target.exists():
+                    target.symlink_to(version)
+            config = yaml.safe_load((model_dir / "config.yaml").read_text())
+            for option, value in batching.items():
+                config["dynamic_batching"][BATCHING_OPTIONS[option]] = yaml.safe_load(value)
+            (folder / model_dir.name / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        return folder
 
     def _mlserver_settings(self) -> Path:
         folder = self.workdir / "mlserver"
@@ -167,7 +215,7 @@ class Stack:
 
     def _answers(self) -> bool:
         try:
-            body = (self.workdir / "fraud-1.json").read_bytes()
+            body = min(self.workdir.glob("fraud-*.json")).read_bytes()  # any request the stack must answer
             response = httpx.post(self.url("fraud"), content=body, timeout=10,
                                   headers={"Content-Type": "application/json"})  # fmt: skip
             return response.status_code == 200
@@ -179,16 +227,28 @@ class Stack:
 
     def rss_mb(self) -> float:
         """Every process of the stack: the server and all it started (Ray's raylet, GCS, workers)."""
-        try:
-            root = psutil.Process(self.process.pid)
-            processes = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return 0.0
         total = 0
-        for process in processes:
+        for process in self._processes():
             with contextlib.suppress(psutil.NoSuchProcess):
                 total += process.memory_info().rss
         return total / 2**20
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time so far of every process of the stack, summed by its role (Ray names its actors)."""
+        totals: dict[str, float] = {}
+        for process in self._processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                role = _role(process)
+                totals[role] = totals.get(role, 0.0) + times.user + times.system
+        return totals
+
+    def _processes(self) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(self.process.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
 
     def __exit__(self, *_) -> None:
         os.killpg(self.process.pid, signal.SIGTERM)
@@ -199,7 +259,32 @@ class Stack:
         time.sleep(2)  # let the ports and Ray's processes go
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median throughput (latencies and CPU from the same run); the spread is kept."""
+    ordered = sorted(runs, key=lambda run: run["requests_per_s"])
+    point = dict(ordered[len(ordered) // 2])
+    if len(runs) > 1:
+        point["runs_requests_per_s"] = [run["requests_per_s"] for run in runs]
+    return point
+
+
+def _role(process: psutil.Process) -> str:
+    """proxy, the ingress replica, model replicas, other Ray processes, or the server itself."""
+    command = process.cmdline() or [process.name()]
+    if "ProxyActor" in command[0]:
+        return "proxy"
+    if "ServeReplica" in command[0]:
+        deployment = command[0].strip().rsplit(":", 1)[-1]
+        return "model" if deployment.endswith("-model") or deployment == "VanillaModel" else deployment.lower()
+    joined = " ".join(command[:3])
+    return "ray (other)" if joined.startswith("ray::") or "/ray/" in joined else "server"
+
+
 def measure(stack: Stack, model: str, rows: int, body: Path, concurrency: int, args) -> dict:
+    headers = None
+    if args.format == "binary":
+        header_length = body.with_suffix(".bin.header").read_text()
+        body, headers = body.with_suffix(".bin"), {"Inference-Header-Content-Length": header_length}
     peak = [0.0]
     done = threading.Event()
 
@@ -210,13 +295,17 @@ def measure(stack: Stack, model: str, rows: int, body: Path, concurrency: int, a
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    cpu_before = stack.cpu_seconds()
     try:
-        point = drive(stack.url(model), body, concurrency, args.duration_s, args.warmup_s)
+        point = drive(stack.url(model), body, concurrency, args.duration_s, args.warmup_s, headers)
     finally:
         done.set()
         sampler.join()
+    cpu = {role: seconds - cpu_before.get(role, 0.0) for role, seconds in stack.cpu_seconds().items()}
+    answered = max(point["requests"], 1) * (1 + args.warmup_s / args.duration_s)  # warm-up requests cost too
     point.update(stack=stack.name, model=model, rows=rows, rows_per_s=round(point["requests_per_s"] * rows),
-                 peak_rss_mb=round(peak[0]))  # fmt: skip
+                 peak_rss_mb=round(peak[0]),
+                 cpu_ms_per_request={r: round(1000 * s / answered, 2) for r, s in sorted(cpu.items())})  # fmt: skip
     return point
 
 
@@ -258,15 +347,24 @@ def markdown(result: dict) -> str:
                 vs_limit = f"{entry['rows_per_s'] / limit_best:.3f}x" if limit_best else ""
                 lines.append(f"| {stack} | {entry['rows_per_s']:,} | {entry['concurrency']} | {vs_limit} | "
                              f"{ratio('naive')} | {ratio('vanilla')} | {ratio('mlserver')} |")  # fmt: skip
-            lines += ["", "| stack | c | req/s | rows/s | p50 ms | p99 ms | errors | peak RSS MB |",
-                      "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            lines += ["", "| stack | c | req/s | rows/s | p50 ms | p99 ms | errors | peak RSS MB | CPU ms/request |",
+                      "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
             for p in points:
                 if p["model"] == model and p["rows"] == rows:
                     lines.append(f"| {p['stack']} | {p['concurrency']} | {p['requests_per_s']:,} | "
                                  f"{p['rows_per_s']:,} | {p['p50_ms']} | {p['p99_ms']} | {p['errors']} | "
-                                 f"{p['peak_rss_mb']:,} |")  # fmt: skip
+                                 f"{p['peak_rss_mb']:,} | {_cpu(p)} |")  # fmt: skip
             lines.append("")
     return "\n".join(lines)
+
+
+def _cpu(point: dict) -> str:
+    """CPU per answered request: the total, then by role (proxy, router, model, ...)."""
+    roles = point.get("cpu_ms_per_request")
+    if not roles:
+        return ""
+    parts = ", ".join(f"{role} {ms:g}" for role, ms in sorted(roles.items(), key=lambda item: -item[1]) if ms >= 0.05)
+    return f"{sum(roles.values()):.2f} ({parts})"
 
 
 def plot(result: dict, out: Path) -> None:
@@ -298,12 +396,21 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8,32,64")
     parser.add_argument("--duration-s", type=float, default=5.0)
     parser.add_argument("--warmup-s", type=float, default=2.0)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per point; the median run is reported")
+    parser.add_argument(
+        "--format",
+        choices=["json", "binary"],
+        default="json",
+        help="request bodies: V2 JSON, or binary tensors (serve-app stacks only)",
+    )
     parser.add_argument("--smoke", action="store_true", help="a short run that only checks the harness works")
     parser.add_argument("--name", default="stacks", help="results file name (another for a partial comparison)")
     args = parser.parse_args()
     if args.smoke:
         args.stacks, args.sizes, args.concurrency, args.duration_s, args.warmup_s = "naive,single", "1", "2", 1, 0.5
     stacks = [s for s in args.stacks.split(",") if s]
+    if args.format == "binary" and any(s.split("+")[0].split(":")[0] not in ("single", "full") for s in stacks):
+        parser.error("--format binary: only the serve-app stacks (single, full) speak the binary extension")
     if "mlserver" in stacks and not MLSERVER.exists():
         print("mlserver: skipped, its environment is missing (make bench-env)", file=sys.stderr)
         stacks.remove("mlserver")
@@ -317,11 +424,13 @@ def main() -> None:
             for model in models:
                 for rows in sizes:
                     for c in concurrency:
-                        point = measure(stack, model, rows, bodies[model, rows], c, args)
+                        runs = [measure(stack, model, rows, bodies[model, rows], c, args) for _ in range(args.repeat)]
+                        point = median_run(runs)
                         points.append(point)
                         print(json.dumps(point), flush=True)
-    result = {**result_header(args.name), "models": models, "sizes": sizes, "stacks": stacks,
-              "settings": {"duration_s": args.duration_s, "warmup_s": args.warmup_s, "sla_ms": SLA_MS},
+    result = {**result_header(args.name), "models": models, "sizes": sizes, "stacks": stacks, "format": args.format,
+              "settings": {"duration_s": args.duration_s, "warmup_s": args.warmup_s, "sla_ms": SLA_MS,
+                           "repeat": args.repeat},
               "points": points}  # fmt: skip
     result["headline"] = headline(points)
     if args.smoke:

@@ -1,9 +1,11 @@
 """A Ray Serve stack for the benchmark, in a process of its own with its own local Ray cluster.
 
-    python benchmarks/servers/ray_stack.py --stack vanilla|single|full --repository R --port P
+    python benchmarks/servers/ray_stack.py --stack vanilla|hop|single|full --repository R --port P
 
 vanilla: one deployment per model, no batching, the way the Ray docs' first example serves a model
 (a class whose __call__ takes the HTTP request), with Serve's default settings.
+hop:     vanilla with one hop more: an ingress passes the body through a handle to the vanilla model
+         deployment. The least any graph with a router in front of its models costs.
 single:  serve-app's single-model graph (router, preprocessor, model with @serve.batch).
 full:    serve-app's champion/challenger graph: fraud v2 champion, v1 challenger at 5%, v3 shadow at
          100% and the drift monitor on; ffn v1 champion, v2 challenger at 5%, v3 shadow at 100%.
@@ -13,6 +15,7 @@ Prints READY once every application runs; stops Serve and Ray on SIGTERM.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -25,6 +28,8 @@ from starlette.requests import Request
 sys.path.insert(0, str(Path(__file__).parent))
 from plain import PlainScorer
 
+from serve_app.config import RAY_SERVE_ENV
+
 SERVED = {"fraud": 2, "ffn": 1}
 
 
@@ -36,15 +41,34 @@ class VanillaModel:
     async def __call__(self, request: Request) -> dict:
         return self.scorer.answer(await request.body())
 
+    async def score(self, body: bytes) -> dict:
+        return self.scorer.answer(body)
 
-def deploy(stack: str, repository: Path, storage: Path, preprocessing: str) -> None:
+
+@serve.deployment
+class Forwarder:
+    def __init__(self, model):
+        self.model = model
+
+    async def __call__(self, request: Request) -> dict:
+        return await self.model.score.remote(await request.body())
+
+
+def deploy(stack: str, repository: Path, storage: Path, preprocessing: str, max_ongoing_ingress: int | None) -> None:
     if stack == "vanilla":
         for model, version in SERVED.items():
             app = VanillaModel.bind(str(repository / model / str(version)))
             serve.run(app, name=model, route_prefix=f"/v2/models/{model}/infer")
         return
+    if stack == "hop":
+        for model, version in SERVED.items():
+            app = Forwarder.bind(VanillaModel.bind(str(repository / model / str(version))))
+            serve.run(app, name=model, route_prefix=f"/v2/models/{model}/infer")
+        return
     args = {"repository": str(repository), "models": list(SERVED), "storage_uri": str(storage),
             "preprocessing": preprocessing}  # fmt: skip
+    if max_ongoing_ingress:
+        args["max_ongoing_requests_ingress"] = max_ongoing_ingress
     if stack == "single":
         from graphs.single_model import build_app
 
@@ -63,16 +87,20 @@ def deploy(stack: str, repository: Path, storage: Path, preprocessing: str) -> N
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--stack", choices=["vanilla", "single", "full"], required=True)
+    parser.add_argument("--stack", choices=["vanilla", "hop", "single", "full"], required=True)
     parser.add_argument("--repository", type=Path, required=True)
     parser.add_argument("--storage", type=Path, required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--preprocessing", choices=["in_model", "replica"], default="in_model")
+    parser.add_argument("--max-ongoing-ingress", type=int, help="the router's max_ongoing_requests")
     args = parser.parse_args()
+    if args.stack in ("single", "full"):  # serve-app as `make run` serves it; vanilla keeps Serve's defaults
+        for key, value in RAY_SERVE_ENV.items():
+            os.environ.setdefault(key, value)
     # Logical CPUs: every stack shares this machine's cores; the graphs only need room to schedule.
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-    deploy(args.stack, args.repository, args.storage, args.preprocessing)
+    deploy(args.stack, args.repository, args.storage, args.preprocessing, args.max_ongoing_ingress)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     print("READY", flush=True)
