@@ -26,9 +26,12 @@ $(REPOSITORY)/fraud/config.yaml: | $(VENV)/.installed
 
 demo: $(REPOSITORY)/fraud/config.yaml
 
+# Ray Serve's high-throughput settings (serve_app/config.py: RAY_SERVE_ENV; README, "Speed").
+RAY_SERVE_ENV := RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_DIRECT_INGRESS=0
+
 # serve run configs/local.yaml: starts a local Ray cluster and serves until Ctrl-C.
 run: install demo
-	$(BIN)/serve run configs/local.yaml
+	$(RAY_SERVE_ENV) $(BIN)/serve run configs/local.yaml
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

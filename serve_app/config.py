@@ -36,13 +36,22 @@ class TensorSpec(Strict):
         return self
 
 
+RAY_SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+"""Ray Serve's environment for serve-app's cluster (every Ray process reads it at start): Ray's
+high-throughput bundle cuts Serve's CPU per request by 20-30% (benchmarks/results/
+throughput-optimized-*.md); its direct ingress stays off, which would leave a proxy on the head node
+only. `make run`, cluster.yaml, the tests and the benchmark harness set it."""
+
+
 class DynamicBatching(Strict):
     """How the model replica groups concurrent requests (Ray Serve's @serve.batch)."""
 
     max_batch_size: int = Field(32, ge=1)
     """Most rows merged into one model call; a request with this many rows runs alone at once."""
-    batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=10.0)
-    """How long the first request of a batch waits for more to arrive."""
+    batch_wait_timeout_s: float = Field(0.0, ge=0.0, le=10.0)
+    """How long the first request of a batch waits for more while the model is idle. Requests that
+    arrive while the model runs always wait for it and go in the next call together, so no window
+    is needed to form batches under load (Triton's max_queue_delay, 0 by default there too)."""
 
 
 class Instances(Strict):

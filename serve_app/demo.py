@@ -177,7 +177,7 @@ def _plain_config(name: str, description: str, inputs: list, outputs: list) -> d
         "max_batch_size": 256,
         "inputs": inputs,
         "outputs": outputs,
-        "dynamic_batching": {"max_batch_size": 64, "batch_wait_timeout_s": 0.002},
+        "dynamic_batching": {"max_batch_size": 64, "batch_wait_timeout_s": 0.0},
         "instances": {"num_replicas": 1, "num_cpus": 0.2, "num_gpus": 0},
         "version_policy": {"latest": 1},
     }
@@ -197,7 +197,7 @@ def model_config(width: int) -> dict:
         "max_batch_size": 256,
         "inputs": [{"name": "features", "datatype": "FP32", "dims": [-1, width]}],
         "outputs": [{"name": "fraud_probability", "datatype": "FP32", "dims": [-1]}],
-        "dynamic_batching": {"max_batch_size": 32, "batch_wait_timeout_s": 0.005},
+        "dynamic_batching": {"max_batch_size": 32, "batch_wait_timeout_s": 0.0},
         "instances": {
             "num_replicas": 1,
             "num_cpus": 0.25,
@@ -387,7 +387,7 @@ def build_ffn_model(root: str | Path, seed: int = 7) -> Path:
         [{"name": "embedding", "datatype": "FP32", "dims": [-1, BIG_DIMS[0]]}],
         [{"name": "output", "datatype": "FP32", "dims": [-1, BIG_DIMS[-1]]}],
     )  # fmt: skip
-    config["dynamic_batching"] = {"max_batch_size": 32, "batch_wait_timeout_s": 0.005}
+    config["dynamic_batching"] = {"max_batch_size": 32, "batch_wait_timeout_s": 0.0}
     config["instances"]["num_cpus"] = 1
     _write_model(Path(root), BIG_MODEL_NAME, ffn_onnx(seed), config)
     return Path(root) / BIG_MODEL_NAME

@@ -4,6 +4,7 @@ Unit tests use only the repository; the cluster starts the first time a test ask
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import yaml
 from ray import serve
 
 from graphs.champion_challenger import build_app
+from serve_app.config import RAY_SERVE_ENV
 from serve_app.demo import build_demo_repository
 
 LOCAL_CONFIG = Path(__file__).parents[1] / "configs" / "local.yaml"
@@ -61,6 +63,8 @@ class Cluster:
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Cluster:
+    for key, value in RAY_SERVE_ENV.items():  # before Ray starts: every process it starts inherits them
+        os.environ.setdefault(key, value)
     dashboard_port, metrics_port = _free_port(), _free_port()
     # More logical CPUs than cores: replicas mostly wait, and CI has two cores.
     ray.init(

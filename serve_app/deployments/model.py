@@ -2,16 +2,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import numpy as np
 from ray import serve
 
 from serve_app.config import DynamicBatching
+from serve_app.deployments.metrics import ModelMetrics
 from serve_app.errors import InvalidInput
 from serve_app.protocol.tensors import batch_size, check_inputs
 from serve_app.repository import ModelRepository
 from serve_app.runtime import load_runner
-from serve_app.runtime.batching import BatchStats, predict_many, total_rows
+from serve_app.runtime.batching import BatchStats, IdleGate, predict_many, queued_rows, total_rows
 
 
 @serve.deployment
@@ -27,6 +29,8 @@ class ModelDeployment:
         self.preprocessor = model_version.preprocessor if preprocess else None
         self.runner = load_runner(self.config, model_version.model_file, model_version.precision)
         self.stats = BatchStats()
+        self.gate = IdleGate()
+        self.metrics = ModelMetrics(model, version)
         self.reconfigure(self.config.dynamic_batching.model_dump())  # until user_config says otherwise
 
     def reconfigure(self, user_config: dict) -> None:
@@ -41,18 +45,28 @@ class ModelDeployment:
         self.batching = settings
 
     async def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrived = time.perf_counter()
         if self.preprocessor is not None:  # microseconds of numpy: on the loop, per request
             inputs = self.preprocessor.transform(inputs)
         # Checked alone first, so one bad request cannot fail the batch it would join.
         check_inputs(inputs, self.config.inputs, self.config.max_batch_size)
         if batch_size(inputs) >= self.batching.max_batch_size:  # a full batch already: no waiting
-            return (await asyncio.to_thread(predict_many, self.runner, [inputs], self.stats))[0]
-        return await self._predict_batch(inputs)
+            return (await self._run([inputs], [arrived]))[0]
+        await self.gate.wait()
+        return await self._predict_batch((inputs, arrived))
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=total_rows)
-    async def _predict_batch(self, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-        # In a thread: ONNX Runtime releases the GIL, so requests keep queueing meanwhile.
-        return await asyncio.to_thread(predict_many, self.runner, requests, self.stats)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, batch_size_fn=queued_rows)
+    async def _predict_batch(self, queued: list[tuple[dict[str, np.ndarray], float]]) -> list[dict[str, np.ndarray]]:
+        with self.gate.busy():
+            return await self._run([inputs for inputs, _ in queued], [arrived for _, arrived in queued])
+
+    async def _run(self, requests: list[dict[str, np.ndarray]], arrived: list[float]) -> list[dict[str, np.ndarray]]:
+        # In a thread: ONNX Runtime releases the GIL, so requests keep arriving meanwhile.
+        start = time.perf_counter()
+        outputs = await asyncio.to_thread(predict_many, self.runner, requests, self.stats)
+        waited_ms = [1000 * (start - t) for t in arrived]
+        self.metrics.batch(total_rows(requests), 1000 * (time.perf_counter() - start), waited_ms)
+        return outputs
 
     def batch_stats(self) -> dict:
         return {**self.stats.as_dict(), **self.batching.model_dump()}

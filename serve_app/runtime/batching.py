@@ -3,7 +3,9 @@ and keep the record of batch sizes (Triton's inference count / execution count).
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,9 +40,36 @@ class BatchStats:
         }
 
 
+class IdleGate:
+    """Holds new requests while a batch runs, so that they join the next batch together, as in
+    Triton's dynamic batcher: the batching window only applies while the model is idle. Without it,
+    Serve's @serve.batch closes a batch every window whether the model is free or not, and small
+    batches queue up behind the running one."""
+
+    def __init__(self) -> None:
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def wait(self) -> None:
+        await self._idle.wait()  # returns at once, without yielding, while the model is idle
+
+    @contextmanager
+    def busy(self):
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._idle.set()
+
+
 def total_rows(requests: list[dict[str, np.ndarray]]) -> int:
     """A dynamic batch's size counts rows, as Triton's does, not requests."""
     return sum(batch_size(r) for r in requests)
+
+
+def queued_rows(queued: list[tuple[dict[str, np.ndarray], float]]) -> int:
+    """total_rows of requests queued with their arrival time."""
+    return total_rows([inputs for inputs, _ in queued])
 
 
 def merge_rows(requests: list[dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], list[int]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 
 import httpx
 import numpy as np
@@ -11,6 +12,7 @@ from ray import serve
 
 from serve_app.demo import request_columns, synthetic_transactions
 from serve_app.protocol.rest import request_body
+from serve_app.runtime.batching import IdleGate
 from tests.conftest import APP_NAME
 from tests.helpers import serve_deploy
 
@@ -96,3 +98,55 @@ def test_a_request_that_fills_a_batch_runs_alone(served, client):
     after = handle.batch_stats.remote().result()
     assert after["inference_count"] - before["inference_count"] == 40
     assert after["execution_count"] - before["execution_count"] == 1
+
+
+@serve.deployment(max_ongoing_requests=64)
+class _SlowBatcher:
+    """@serve.batch with no window over a 300 ms model call, behind IdleGate (as ModelDeployment) or not."""
+
+    def __init__(self, gated: bool):
+        self.gate = IdleGate() if gated else None
+        self.batches: list[int] = []
+
+    async def __call__(self, item: int) -> int:
+        if self.gate is not None:
+            await self.gate.wait()
+        return await self._batch(item)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def _batch(self, items: list[int]) -> list[int]:
+        self.batches.append(len(items))
+        if self.gate is None:
+            await asyncio.to_thread(time.sleep, 0.3)
+        else:
+            with self.gate.busy():
+                await asyncio.to_thread(time.sleep, 0.3)
+        return items
+
+    def batches_formed(self) -> list[int]:
+        return self.batches
+
+
+def _batches_when_requests_arrive_while_busy(gated: bool) -> list[int]:
+    handle = serve.run(_SlowBatcher.bind(gated), name="gate-probe", route_prefix=None)
+    try:
+        assert handle.remote(-1).result() == -1  # the handle knows its replica: no first-call delay below
+        first = handle.remote(0)
+        time.sleep(0.1)  # the first call runs alone, for 300 ms
+        later = []
+        for item in range(1, 9):  # eight more arrive one by one while it runs
+            later.append(handle.remote(item))
+            time.sleep(0.01)
+        assert [r.result() for r in [first, *later]] == list(range(9))
+        return handle.batches_formed.remote().result()[1:]
+    finally:
+        serve.delete("gate-probe")
+
+
+def test_requests_arriving_while_the_model_runs_join_one_batch(ray_cluster):
+    """With no batching window, IdleGate still batches: what queued during a model call goes in the
+    next call together (Triton's dynamic batcher). Serve's @serve.batch alone closes a batch at once
+    for every arrival, and those small batches wait in line behind the running one."""
+    assert _batches_when_requests_arrive_while_busy(gated=True) == [1, 8]
+    ungated = _batches_when_requests_arrive_while_busy(gated=False)
+    assert len(ungated) > 2 and sum(ungated) == 9

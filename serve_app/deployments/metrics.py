@@ -1,0 +1,96 @@
+"""serve-app's Prometheus metrics, through ray.serve.metrics (Ray exports them as ray_<name>, and
+counters with a _total suffix). Names and labels are listed in the README's "Metrics" section."""
+
+from __future__ import annotations
+
+from ray.serve import metrics
+
+LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+
+
+class RouterMetrics:
+    """Per request and shadow call, in the router replica."""
+
+    def __init__(self) -> None:
+        arm = ("model", "version", "arm")
+        self.requests = metrics.Counter("serve_app_requests", "answered inference requests", tag_keys=arm)
+        self.failures = metrics.Counter("serve_app_request_failures", "inference requests that failed", tag_keys=arm)
+        self.latency = metrics.Histogram(
+            "serve_app_request_latency_ms", "router-to-answer latency of inference requests",
+            boundaries=LATENCY_BOUNDARIES_MS, tag_keys=arm,
+        )  # fmt: skip
+        shadow = ("model", "version")
+        self.shadow_calls = metrics.Counter("serve_app_shadow_requests", "mirrored requests sent", tag_keys=shadow)
+        self.shadow_failures = metrics.Counter("serve_app_shadow_failures", "mirrored requests failed", tag_keys=shadow)
+        self.disagreements = metrics.Counter(
+            "serve_app_shadow_disagreements", "shadow decisions differing from production's", tag_keys=shadow
+        )
+
+    def request(self, model: str, version: int, arm: str, latency_ms: float, ok: bool) -> None:
+        tags = {"model": model, "version": str(version), "arm": arm}
+        if ok:
+            self.requests.inc(tags=tags)
+            self.latency.observe(latency_ms, tags=tags)
+        else:
+            self.failures.inc(tags=tags)
+
+    def shadow(self, model: str, version: int, disagreed: bool | None, ok: bool) -> None:
+        tags = {"model": model, "version": str(version)}
+        self.shadow_calls.inc(tags=tags)
+        if not ok:
+            self.shadow_failures.inc(tags=tags)
+        if disagreed:
+            self.disagreements.inc(tags=tags)
+
+
+class ModelMetrics:
+    """Per model call, in the model replica: Triton's inference and execution counts (their ratio is
+    the average batch size in rows), and where a request's time went."""
+
+    def __init__(self, model: str, version: int) -> None:
+        tags = ("model", "version")
+        self.tags = {"model": model, "version": str(version)}
+        self.rows = metrics.Counter("serve_app_inference_count", "rows scored", tag_keys=tags)
+        self.executions = metrics.Counter("serve_app_execution_count", "model calls (batches) run", tag_keys=tags)
+        self.queue = metrics.Histogram(
+            "serve_app_queue_ms", "time a request waited for its batch", boundaries=LATENCY_BOUNDARIES_MS, tag_keys=tags
+        )
+        self.compute = metrics.Histogram(
+            "serve_app_compute_ms", "time of one model call", boundaries=LATENCY_BOUNDARIES_MS, tag_keys=tags
+        )
+
+    def batch(self, rows: int, compute_ms: float, queue_ms: list[float]) -> None:
+        self.rows.inc(rows, tags=self.tags)
+        self.executions.inc(tags=self.tags)
+        self.compute.observe(compute_ms, tags=self.tags)
+        for waited in queue_ms:
+            self.queue.observe(waited, tags=self.tags)
+
+
+class ExperimentMetrics:
+    """The experiment store's weights and decisions."""
+
+    def __init__(self) -> None:
+        self.weight = metrics.Gauge(
+            "serve_app_experiment_weight", "share of production traffic per version",
+            tag_keys=("model", "version", "arm"),
+        )  # fmt: skip
+        self.decisions = metrics.Counter(
+            "serve_app_experiment_decisions", "actions in the experiment's history (promote, rollback, stop...)",
+            tag_keys=("model", "decision"),
+        )  # fmt: skip
+        self._shown: dict[str, set[tuple[str, str]]] = {}
+
+    def traffic(self, model: str, champion: int, challenger: int | None, challenger_weight: float) -> None:
+        """The current split; a version that left it (promoted, rolled back) shows 0, not its old share."""
+        weights = {(str(champion), "champion"): 1.0 - challenger_weight}
+        if challenger is not None:
+            weights[str(challenger), "challenger"] = challenger_weight
+        for version, arm in self._shown.get(model, set()) - set(weights):
+            self.weight.set(0.0, tags={"model": model, "version": version, "arm": arm})
+        for (version, arm), weight in weights.items():
+            self.weight.set(weight, tags={"model": model, "version": version, "arm": arm})
+        self._shown[model] = self._shown.get(model, set()) | set(weights)
+
+    def decision(self, model: str, decision: str) -> None:
+        self.decisions.inc(tags={"model": model, "decision": decision})
