@@ -619,6 +619,7 @@ class DriftMonitor:
             "time": time_iso, "window": state.windows_checked, "rows": rows, "is_drift": is_drift,
             "data_drift": result["data"]["is_drift"], "prediction_drift": result["prediction"]["is_drift"],
             "drifting_features": drifting, "prediction_p_value": result["prediction"].get("p_value"),
+            "p_values": {name: f.get("p_value") for name, f in result["data"]["features"].items()},
         })  # fmt: skip
         self._log(state, result, rows, is_drift, now)
         return self._episode(state, is_drift, now)

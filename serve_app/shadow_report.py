@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 
 from serve_app.predlog import FEEDBACK, PREDICTIONS, read_table
+from serve_app.telemetry import DECISION_THRESHOLD
 
 PRODUCTION_ROLES = ("champion", "challenger", "direct")
-DECISION_THRESHOLD = 0.5
 NDCG_K = 10
 
 

@@ -113,17 +113,18 @@ class ShadowQueue:
 
     def __init__(self, max_pending: int = 20_000):
         self.max_pending = max_pending
-        self._pending: dict[tuple[str, int], list[InferenceRequest]] = {}
+        self._pending: dict[tuple[str, int], list[tuple[InferenceRequest, float | None]]] = {}
         self.size = 0
         self.skipped = 0
 
-    def add(self, model: str, version: int, request: InferenceRequest) -> None:
+    def add(self, model: str, version: int, request: InferenceRequest, production_score: float | None) -> None:
+        """production_score: what production answered, to compare the shadow's decision with."""
         if self.size >= self.max_pending:
             self.skipped += 1  # shadows are best effort: production never waits for room here
             return
-        self._pending.setdefault((model, version), []).append(request)
+        self._pending.setdefault((model, version), []).append((request, production_score))
         self.size += 1
 
-    def take(self) -> dict[tuple[str, int], list[InferenceRequest]]:
+    def take(self) -> dict[tuple[str, int], list[tuple[InferenceRequest, float | None]]]:
         pending, self._pending, self.size = self._pending, {}, 0
         return pending

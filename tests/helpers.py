@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import numpy as np
 import yaml
 from ray import serve
@@ -40,6 +43,8 @@ def serve_deploy(dashboard_url: str, application: dict, config_path: Path, ready
         status = serve.status().applications.get(application["name"])
         if status is not None and status.status == "RUNNING" and ready():
             return
+        if status is not None and status.status == "DEPLOY_FAILED":
+            raise RuntimeError(f"'{application['name']}' failed to deploy: {status.message} {status.deployments}")
         time.sleep(0.5)
     raise TimeoutError(f"'{application['name']}' did not become ready: {serve.status()}")
 
@@ -47,3 +52,39 @@ def serve_deploy(dashboard_url: str, application: dict, config_path: Path, ready
 def snapshot(root: Path) -> list[str]:
     """Every path under a folder: equal snapshots mean nothing was added, removed or left behind."""
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+class Traffic:
+    """A client sending requests back to back from its own thread, counting every answer."""
+
+    def __init__(self, url: str, body: dict):
+        self.url, self.body, self.answers, self.failures, self.slowest_s = url, body, Counter(), [], 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=60) as http:
+            n = 0
+            while not self._stop.is_set():
+                n += 1
+                headers = {"x-routing-key": f"user-{n}"}
+                start = time.perf_counter()
+                try:
+                    response = http.post("/v2/models/fraud/infer", json=self.body, headers=headers)
+                except httpx.HTTPError as error:
+                    self.failures.append(repr(error))
+                    continue
+                self.slowest_s = max(self.slowest_s, time.perf_counter() - start)
+                if response.status_code == 200:
+                    self.answers[response.headers["x-model-version"]] += 1
+                else:
+                    self.failures.append(f"{response.status_code} {response.text[:200]}")
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join(timeout=90)
+        print(f"traffic: {dict(self.answers)} answered, {len(self.failures)} failed, slowest {self.slowest_s:.2f} s")

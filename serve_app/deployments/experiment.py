@@ -6,6 +6,7 @@ import logging
 from ray import serve
 
 from serve_app.config import ExperimentSettings, TrafficSettings
+from serve_app.deployments.metrics import ExperimentMetrics
 from serve_app.experiment_store import ExperimentStore
 
 logger = logging.getLogger("ray.serve")
@@ -22,6 +23,8 @@ class ExperimentDeployment:
         self.store = ExperimentStore(
             storage_uri, {model: ExperimentSettings.model_validate(s) for model, s in settings.items()}
         )
+        self.metrics = ExperimentMetrics()
+        self._decisions_counted: dict[str, int] = {}
         self._flusher = asyncio.get_event_loop().create_task(self._flush_forever())
 
     # Async, like every method here: the store is only ever touched from this replica's event loop.
@@ -36,6 +39,16 @@ class ExperimentDeployment:
                 self.store.flush()  # small writes; on the loop, so no thread races the store
             except Exception:  # storage trouble must not stop the loop; the log counts it
                 logger.exception("experiment store: flushing to storage failed")
+            self._publish()
+
+    def _publish(self) -> None:
+        """Each model's weights as they stand, and the decisions taken since the last time."""
+        for model, experiment in self.store.experiments.items():
+            traffic = experiment.traffic
+            self.metrics.traffic(model, traffic.champion, traffic.challenger, traffic.challenger_weight)
+            for entry in experiment.history[self._decisions_counted.get(model, 0) :]:
+                self.metrics.decision(model, entry["action"])
+            self._decisions_counted[model] = len(experiment.history)
 
     async def traffic(self) -> dict[str, dict]:
         return self.store.traffic()

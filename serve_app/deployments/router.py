@@ -9,13 +9,14 @@ import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import grpc
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -25,6 +26,7 @@ from starlette.exceptions import HTTPException
 
 from serve_app import __version__
 from serve_app.config import GraphArgs, TrafficSettings
+from serve_app.deployments.metrics import RouterMetrics
 from serve_app.deployments.redeploy import redeploy
 from serve_app.drift import DriftFeed
 from serve_app.errors import (
@@ -39,7 +41,7 @@ from serve_app.errors import (
     as_client_error,
 )
 from serve_app.model_control import ModelControl
-from serve_app.predlog import ParquetLog
+from serve_app.predlog import ParquetLog, first_score
 from serve_app.protocol import grpc_codec, openapi
 from serve_app.protocol.dataplane import DataPlane, Endpoint
 from serve_app.protocol.generated import grpc_predict_v2_pb2 as pb
@@ -53,6 +55,7 @@ from serve_app.protocol.rest import (
 )
 from serve_app.repository import ModelRepository, ModelVersion
 from serve_app.runtime.batching import merge_rows, split_rows
+from serve_app.telemetry import RequestStats, disagrees
 from serve_app.traffic import ROUTING_KEY_HEADER, ShadowQueue, TrafficController
 
 logger = logging.getLogger("ray.serve")
@@ -67,6 +70,7 @@ DRIFT_TIMEOUT_S = 5.0
 REPORT_TIMEOUT_S = 10.0
 ADMIN_TOKEN_ENV = "SERVE_APP_ADMIN_TOKEN"
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+STATUS_PAGE = Path(__file__).parents[1] / "static" / "dashboard.html"
 HEADER_LENGTH = "inference-header-content-length"
 
 app = FastAPI(
@@ -141,15 +145,15 @@ async def _grpc(call: Callable[[], Awaitable], empty: type, grpc_context: RaySer
         return empty()
 
 
-def _chunks_by_rows(requests: list[InferenceRequest], max_rows: int) -> list[list[InferenceRequest]]:
-    """Consecutive groups of requests holding at most max_rows rows each (a request is never split)."""
+def _chunks_by_rows(mirrored: list[tuple[InferenceRequest, float | None]], max_rows: int) -> list[list]:
+    """Consecutive groups of mirrored requests holding at most max_rows rows each (a request is never split)."""
     chunks, current, rows = [], [], 0
-    for request in requests:
+    for request, production_score in mirrored:
         size = next(iter(request.inputs.values())).shape[0]
         if current and rows + size > max_rows:
             chunks.append(current)
             current, rows = [], 0
-        current.append(request)
+        current.append((request, production_score))
         rows += size
     return [*chunks, current] if current else chunks
 
@@ -271,6 +275,9 @@ class Router:
         for model, traffic in (initial_traffic or {}).items():
             self.traffic.set_traffic(model, TrafficSettings.model_validate(traffic))
         self.shadows = ShadowQueue()
+        self.stats = RequestStats()
+        self.metrics = RouterMetrics()
+        self.status_page = STATUS_PAGE.read_text()
         self._shadow_calls: set[asyncio.Task] = set()
         self.drift = drift
         watched = self.settings.drift if drift is not None else {}
@@ -374,23 +381,37 @@ class Router:
         except Exception as error:
             client_error = client_error_of(error)
             if client_error is None or client_error.http_status >= 500:  # the model failed, not the client
-                answered_by = self.dataplane.endpoint(model, route.version).version
-                self.traffic.record(model, answered_by, route.arm, inference, None, _ms(start), type(error).__name__)
+                answered_by, latency_ms = self.dataplane.endpoint(model, route.version).version, _ms(start)
+                self.traffic.record(model, answered_by, route.arm, inference, None, latency_ms, type(error).__name__)
+                self._count(model, answered_by, route.arm, latency_ms, ok=False)
+                logger.warning("request id=%s model=%s version=%s arm=%s failed after %.2f ms: %r",
+                               inference.id, model, answered_by, route.arm, latency_ms, error)  # fmt: skip
+            else:
+                logger.debug("request id=%s model=%s refused: %s", inference.id, model, client_error.message)
             raise
         response.parameters["arm"] = route.arm
-        answered_by = int(response.model_version)
-        self.traffic.record(model, answered_by, route.arm, inference, response.outputs, _ms(start), "ok")
+        answered_by, latency_ms = int(response.model_version), _ms(start)
+        self.traffic.record(model, answered_by, route.arm, inference, response.outputs, latency_ms, "ok")
+        self._count(model, answered_by, route.arm, latency_ms, ok=True)
+        logger.debug("request id=%s model=%s version=%s arm=%s status=ok latency_ms=%.2f",
+                     inference.id, model, answered_by, route.arm, latency_ms)  # fmt: skip
         try:
             self.drift_feed.add(model, answered_by, route.arm, inference.inputs, response.outputs)
         except Exception:  # drift is best effort: never the client's problem
             logger.exception("drift: a request's rows could not be buffered")
-        for shadow in route.shadows:
-            self._mirror(model, shadow, inference)
+        if route.shadows:
+            production_score = first_score(response.outputs)
+            for shadow in route.shadows:
+                self._mirror(model, shadow, inference, production_score)
         return response
 
-    def _mirror(self, model: str, version: int, inference: InferenceRequest) -> None:
+    def _count(self, model: str, version: int, arm: str, latency_ms: float, ok: bool) -> None:
+        self.stats.request(model, version, arm, latency_ms, ok)
+        self.metrics.request(model, version, arm, latency_ms, ok)
+
+    def _mirror(self, model: str, version: int, inference: InferenceRequest, production_score: float | None) -> None:
         """Fire and forget: the client's answer never waits for, or depends on, a shadow."""
-        self.shadows.add(model, version, inference)
+        self.shadows.add(model, version, inference, production_score)
 
     async def _mirror_loop(self) -> None:
         while True:
@@ -403,32 +424,39 @@ class Router:
             self._shadow_calls.add(task)
             task.add_done_callback(self._shadow_calls.discard)
 
-    async def _shadow(self, model: str, version: int, requests: list[InferenceRequest]) -> None:
-        """One call per chunk of mirrored requests (as many rows as the version takes); each is logged."""
+    async def _shadow(self, model: str, version: int, mirrored: list[tuple[InferenceRequest, float | None]]) -> None:
+        """One call per chunk of mirrored requests (as many rows as the version takes); each is logged
+        and its decision compared with production's."""
         try:
             max_rows = self.dataplane.endpoint(model, str(version)).max_batch_size
         except Exception as error:
-            self._shadow_failed(model, version, requests, time.perf_counter(), error)
+            self._shadow_failed(model, version, mirrored, time.perf_counter(), error)
             return
-        for chunk in _chunks_by_rows(requests, max_rows):
+        for chunk in _chunks_by_rows(mirrored, max_rows):
             start = time.perf_counter()
             try:
-                merged, rows = merge_rows([r.inputs for r in chunk])
+                merged, rows = merge_rows([request.inputs for request, _ in chunk])
                 call = self.dataplane.infer(model, str(version), InferenceRequest(inputs=merged))
                 outputs = split_rows((await asyncio.wait_for(call, SHADOW_TIMEOUT_S)).outputs, rows)
             except Exception as error:
                 self._shadow_failed(model, version, chunk, start, error)
                 continue
-            for request, answer in zip(chunk, outputs):
+            for (request, production_score), answer in zip(chunk, outputs):
                 self.traffic.record(model, version, "shadow", request, answer, _ms(start), "ok")
+                self._count_shadow(model, version, disagrees(production_score, first_score(answer)), ok=True)
 
-    def _shadow_failed(self, model: str, version: int, requests: list, start: float, error: Exception) -> None:
+    def _count_shadow(self, model: str, version: int, disagreed: bool | None, ok: bool) -> None:
+        self.stats.shadow(model, version, disagreed, ok)
+        self.metrics.shadow(model, version, disagreed, ok)
+
+    def _shadow_failed(self, model: str, version: int, mirrored: list, start: float, error: Exception) -> None:
         before = self.traffic.shadow_failures
-        self.traffic.shadow_failures += len(requests)
+        self.traffic.shadow_failures += len(mirrored)
         if before == 0 or before // 100 != self.traffic.shadow_failures // 100:  # the first, then per hundred
             logger.warning("shadow %s v%s failed (%d so far): %r", model, version, self.traffic.shadow_failures, error)
-        for request in requests:
+        for request, _ in mirrored:
             self.traffic.record(model, version, "shadow", request, None, _ms(start), type(error).__name__)
+            self._count_shadow(model, version, None, ok=False)
 
     async def _drift_loop(self) -> None:
         while True:
@@ -509,6 +537,47 @@ class Router:
         if self.experiments is None or model not in self.traffic.policies:
             raise ModelNotFound(f"model '{model}' has no experiment")
         return self.experiments
+
+    # -- the status page ---------------------------------------------------------------------------
+
+    @app.get("/dashboard", include_in_schema=False)
+    async def dashboard(self) -> HTMLResponse:
+        """Charts of traffic, the experiment, latency, batching, drift and shadows; refreshes itself."""
+        return HTMLResponse(self.status_page)
+
+    @app.get("/dashboard/data", include_in_schema=False)
+    async def dashboard_data(self) -> dict:
+        """What the status page draws: this router's counts, and each model's experiment, batching
+        and drift as their deployments report them (a part that does not answer in time is left out)."""
+        stats = self.stats.snapshot()
+        models = sorted({e.name for e in self.dataplane.endpoints})
+        parts = await asyncio.gather(*(self._model_status(m, stats.get(m, {})) for m in models))
+        return {"time": time.time(), "uptime_s": time.time() - self.started_at, "models": dict(zip(models, parts))}
+
+    async def _model_status(self, model: str, stats: dict) -> dict:
+        async def asked(call) -> dict | None:
+            try:
+                return await asyncio.wait_for(call, READY_TIMEOUT_S)
+            except Exception:
+                return None
+
+        traffic = self.traffic.traffic.get(model)
+        split = []
+        if traffic is not None:
+            split.append({"version": traffic.champion, "arm": "champion", "weight": 1.0 - traffic.challenger_weight})
+            if traffic.challenger is not None:
+                split.append({"version": traffic.challenger, "arm": "challenger", "weight": traffic.challenger_weight})
+        endpoints = [e for e in self.dataplane.endpoints if e.name == model]
+        experiment = self.experiments.summary.remote(model) if model in self.traffic.policies else None
+        drift = self.drift.report.remote(model) if self.drift is not None and model in self.settings.drift else None
+        asks = [asked(e.model.batch_stats.remote()) for e in endpoints]
+        asks += [asked(experiment) if experiment else asyncio.sleep(0), asked(drift) if drift else asyncio.sleep(0)]
+        *batching, summary, report = await asyncio.gather(*asks)
+        return {
+            "arms": stats.get("arms", []), "shadows": stats.get("shadows", []), "traffic": split,
+            "experiment": summary, "drift": report["versions"] if report else None,
+            "batching": {str(e.version): b for e, b in zip(endpoints, batching) if b is not None},
+        }  # fmt: skip
 
     @app.get("/v2/models/{model}/drift", responses=openapi.ERRORS)
     async def drift_report(self, model: str) -> dict:

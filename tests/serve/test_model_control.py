@@ -5,9 +5,7 @@ sending all along sees no failure. Bad load/unload requests change nothing."""
 from __future__ import annotations
 
 import shutil
-import threading
 import time
-from collections import Counter
 
 import httpx
 import pytest
@@ -20,48 +18,12 @@ from serve_app.demo import request_columns, synthetic_transactions
 from serve_app.onboarding import register
 from serve_app.protocol.rest import request_body
 from tests.conftest import ADMIN_TOKEN
-from tests.helpers import serve_deploy
+from tests.helpers import Traffic, serve_deploy
 
 APP = "control"
 PREFIX = "/control"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 BODY = request_body(request_columns(synthetic_transactions(1, seed=81)))
-
-
-class Traffic:
-    """A client sending requests back to back from its own thread, counting every answer."""
-
-    def __init__(self, url: str):
-        self.url, self.answers, self.failures, self.slowest_s = url, Counter(), [], 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=60) as http:
-            n = 0
-            while not self._stop.is_set():
-                n += 1
-                headers = {"x-routing-key": f"user-{n}"}
-                start = time.perf_counter()
-                try:
-                    response = http.post("/v2/models/fraud/infer", json=BODY, headers=headers)
-                except httpx.HTTPError as error:
-                    self.failures.append(repr(error))
-                    continue
-                self.slowest_s = max(self.slowest_s, time.perf_counter() - start)
-                if response.status_code == 200:
-                    self.answers[response.headers["x-model-version"]] += 1
-                else:
-                    self.failures.append(f"{response.status_code} {response.text[:200]}")
-
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_) -> None:
-        self._stop.set()
-        self._thread.join(timeout=90)
-        print(f"traffic: {dict(self.answers)} answered, {len(self.failures)} failed, slowest {self.slowest_s:.2f} s")
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +92,7 @@ def test_bad_control_requests_are_refused_and_change_nothing(deployed):
 
 def test_a_new_version_goes_live_under_traffic_without_a_failed_request(deployed):
     root = deployed["root"]
-    with httpx.Client(base_url=deployed["url"], timeout=120) as http, Traffic(deployed["url"]) as client:
+    with httpx.Client(base_url=deployed["url"], timeout=120) as http, Traffic(deployed["url"], BODY) as client:
         time.sleep(1)
         register(root, "fraud", root / "fraud" / "2" / "model.onnx")  # v3, on disk, not yet served
         assert index(http)["3"] == "UNAVAILABLE"
@@ -170,7 +132,7 @@ def test_serve_deploy_with_a_changed_config_goes_live_without_a_failed_request(d
     experiments = {"name": "experiments", "user_config": {"traffic": {"fraud": traffic}}}
     changed = {**application, "args": {**args, "experiments": {"fraud": {"traffic": traffic}}},
                "deployments": [experiments, application["deployments"][1]]}  # fmt: skip
-    with httpx.Client(base_url=deployed["url"], timeout=60) as http, Traffic(deployed["url"]) as client:
+    with httpx.Client(base_url=deployed["url"], timeout=60) as http, Traffic(deployed["url"], BODY) as client:
         time.sleep(1)
 
         def challenger_takes_all() -> bool:

@@ -42,15 +42,16 @@ def test_events_are_queued_bounded_and_requeued_in_order():
 
 def test_shadow_queue_groups_by_version_and_is_bounded():
     queue = ShadowQueue(max_pending=3)
-    for version in (2, 2, 3, 3):
-        queue.add("m", version, _request())
+    for version, score in ((2, 0.1), (2, 0.9), (3, None), (3, 0.5)):
+        queue.add("m", version, _request(), score)
     assert queue.skipped == 1
     taken = queue.take()
     assert {key: len(requests) for key, requests in taken.items()} == {("m", 2): 2, ("m", 3): 1}
+    assert [score for _, score in taken["m", 2]] == [0.1, 0.9]  # production's answer, to compare with
     assert queue.take() == {}
 
 
 def test_shadow_chunks_respect_the_rows_a_version_takes():
-    requests = [_request(rows) for rows in (3, 3, 2, 5, 1)]
-    chunks = _chunks_by_rows(requests, max_rows=6)
-    assert [[r.inputs["x"].shape[0] for r in chunk] for chunk in chunks] == [[3, 3], [2], [5, 1]]
+    mirrored = [(_request(rows), 0.5) for rows in (3, 3, 2, 5, 1)]
+    chunks = _chunks_by_rows(mirrored, max_rows=6)
+    assert [[r.inputs["x"].shape[0] for r, _ in chunk] for chunk in chunks] == [[3, 3], [2], [5, 1]]

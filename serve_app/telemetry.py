@@ -1,0 +1,83 @@
+"""What a router replica counts per request and per shadow call, for the status page and Prometheus:
+plain counters and rolling latency windows (no Ray; deployments/metrics.py exports them)."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+LATENCY_WINDOW = 2000
+"""Latest answers per (model, version, arm) behind the status page's percentiles."""
+DECISION_THRESHOLD = 0.5
+"""A score at or above it is a positive decision; a shadow disagrees when its decision differs."""
+
+
+@dataclass
+class ArmStats:
+    requests: int = 0
+    failures: int = 0
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+
+    def summary(self) -> dict:
+        latencies = np.fromiter(self.latencies_ms, dtype=float)
+        quantiles = np.percentile(latencies, [50, 90, 99]) if latencies.size else [None] * 3
+        p50, p90, p99 = (None if q is None else round(float(q), 2) for q in quantiles)
+        return {"requests": self.requests, "failures": self.failures, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99}
+
+
+@dataclass
+class ShadowStats:
+    calls: int = 0
+    failures: int = 0
+    compared: int = 0
+    """Answers compared with production's (both had a score)."""
+    disagreements: int = 0
+
+    def summary(self) -> dict:
+        agreement = None if not self.compared else round(1 - self.disagreements / self.compared, 4)
+        return {"calls": self.calls, "failures": self.failures, "compared": self.compared,
+                "disagreements": self.disagreements, "agreement": agreement}  # fmt: skip
+
+
+def disagrees(production_score: float | None, shadow_score: float | None) -> bool | None:
+    """Whether a shadow's decision differs from production's; None when either has no score."""
+    if production_score is None or shadow_score is None:
+        return None
+    return (production_score >= DECISION_THRESHOLD) != (shadow_score >= DECISION_THRESHOLD)
+
+
+class RequestStats:
+    def __init__(self) -> None:
+        self.started_at = time.time()
+        self.arms: dict[tuple[str, int, str], ArmStats] = {}
+        self.shadows: dict[tuple[str, int], ShadowStats] = {}
+
+    def request(self, model: str, version: int, arm: str, latency_ms: float, ok: bool) -> None:
+        stats = self.arms.setdefault((model, version, arm), ArmStats())
+        stats.requests += 1
+        if ok:
+            stats.latencies_ms.append(latency_ms)
+        else:
+            stats.failures += 1
+
+    def shadow(self, model: str, version: int, disagreed: bool | None, ok: bool) -> None:
+        stats = self.shadows.setdefault((model, version), ShadowStats())
+        stats.calls += 1
+        stats.failures += not ok
+        if disagreed is not None:
+            stats.compared += 1
+            stats.disagreements += disagreed
+
+    def snapshot(self) -> dict[str, dict]:
+        """Per model: each (version, arm) answering production, and each shadow version."""
+        models: dict[str, dict] = {}
+        for (model, version, arm), stats in sorted(self.arms.items()):
+            entry = models.setdefault(model, {"arms": [], "shadows": []})
+            entry["arms"].append({"version": version, "arm": arm, **stats.summary()})
+        for (model, version), stats in sorted(self.shadows.items()):
+            entry = models.setdefault(model, {"arms": [], "shadows": []})
+            entry["shadows"].append({"version": version, **stats.summary()})
+        return models
