@@ -556,6 +556,8 @@ class Router:
 
     async def _model_status(self, model: str, stats: dict) -> dict:
         async def asked(call) -> dict | None:
+            if call is None:
+                return None
             try:
                 return await asyncio.wait_for(call, READY_TIMEOUT_S)
             except Exception:
@@ -571,8 +573,7 @@ class Router:
         experiment = self.experiments.summary.remote(model) if model in self.traffic.policies else None
         drift = self.drift.report.remote(model) if self.drift is not None and model in self.settings.drift else None
         asks = [asked(e.model.batch_stats.remote()) for e in endpoints]
-        asks += [asked(experiment) if experiment else asyncio.sleep(0), asked(drift) if drift else asyncio.sleep(0)]
-        *batching, summary, report = await asyncio.gather(*asks)
+        *batching, summary, report = await asyncio.gather(*asks, asked(experiment), asked(drift))
         return {
             "arms": stats.get("arms", []), "shadows": stats.get("shadows", []), "traffic": split,
             "experiment": summary, "drift": report["versions"] if report else None,
