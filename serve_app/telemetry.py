@@ -3,7 +3,6 @@ plain counters and rolling latency windows (no Ray; deployments/metrics.py expor
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -51,7 +50,6 @@ def disagrees(production_score: float | None, shadow_score: float | None) -> boo
 
 class RequestStats:
     def __init__(self) -> None:
-        self.started_at = time.time()
         self.arms: dict[tuple[str, int, str], ArmStats] = {}
         self.shadows: dict[tuple[str, int], ShadowStats] = {}
 
