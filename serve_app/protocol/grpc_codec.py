@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -11,7 +10,7 @@ from serve_app.errors import InvalidInput
 from serve_app.protocol.generated import grpc_predict_v2_pb2 as pb
 from serve_app.protocol.messages import InferenceRequest, InferenceResponse
 from serve_app.protocol.raw import tensor_from_raw, tensor_to_raw
-from serve_app.protocol.tensors import datatype_of, numpy_dtype
+from serve_app.protocol.tensors import datatype_of, element_count, numpy_dtype
 
 # The typed field of InferTensorContents that carries each datatype; FP16 travels only raw.
 CONTENTS_FIELDS = {
@@ -54,8 +53,7 @@ def request_from_proto(message: pb.ModelInferRequest) -> InferenceRequest:
         if tensor.name in inputs:
             raise InvalidInput(f"{where} is given more than once")
         shape = list(tensor.shape)
-        if any(d < 0 for d in shape):
-            raise InvalidInput(f"{where}: shape must hold non-negative integers, got {shape}")
+        element_count(shape, where)
         if raw:
             inputs[tensor.name] = tensor_from_raw(raw[index], tensor.datatype, shape, where)
         else:
@@ -75,7 +73,7 @@ def _from_contents(tensor, shape: list[int], where: str) -> np.ndarray:
     if field is None:
         raise InvalidInput(f"{where}: {tensor.datatype} travels only in raw_input_contents")
     values = getattr(tensor.contents, field)
-    expected = math.prod(shape)
+    expected = element_count(shape, where)
     if len(values) != expected:
         raise InvalidInput(f"{where}: shape {shape} needs {expected} elements, {field} has {len(values)}")
     if tensor.datatype == "BYTES":

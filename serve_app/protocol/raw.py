@@ -6,13 +6,12 @@ elements are each a 4-byte little-endian length followed by that many bytes.
 
 from __future__ import annotations
 
-import math
 import struct
 
 import numpy as np
 
 from serve_app.errors import InvalidInput
-from serve_app.protocol.tensors import numpy_dtype
+from serve_app.protocol.tensors import element_count, numpy_dtype
 
 _LENGTH = struct.Struct("<I")
 
@@ -20,7 +19,7 @@ _LENGTH = struct.Struct("<I")
 def tensor_from_raw(raw: bytes | memoryview, datatype: str, shape: list[int], where: str) -> np.ndarray:
     """Decode raw bytes into an array of the given datatype and shape, or raise InvalidInput."""
     dtype = numpy_dtype(datatype)
-    count = math.prod(shape)
+    count = element_count(shape, where)
     if datatype == "BYTES":
         return _bytes_elements(raw, count, where).reshape(shape)
     expected = count * dtype.itemsize
@@ -36,6 +35,9 @@ def tensor_from_raw(raw: bytes | memoryview, datatype: str, shape: list[int], wh
 
 def _bytes_elements(raw: bytes | memoryview, count: int, where: str) -> np.ndarray:
     view = memoryview(raw)
+    if count * _LENGTH.size > len(view):  # checked before allocating: a shape can claim 2^40 elements
+        raise InvalidInput(f"{where}: {count} BYTES elements need at least {count * _LENGTH.size} bytes "
+                           f"(a 4-byte length each), the binary data has {len(view)}")  # fmt: skip
     elements = np.empty(count, dtype=object)
     offset = 0
     for index in range(count):

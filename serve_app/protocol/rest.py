@@ -9,7 +9,6 @@ binary when the request asks (binary_data per output, binary_data_output for all
 from __future__ import annotations
 
 import json
-import math
 import zlib
 from typing import Any
 
@@ -18,7 +17,7 @@ import numpy as np
 from serve_app.errors import InvalidInput, PayloadTooLarge
 from serve_app.protocol.messages import InferenceRequest, InferenceResponse
 from serve_app.protocol.raw import tensor_from_raw, tensor_to_raw
-from serve_app.protocol.tensors import datatype_of, numpy_dtype
+from serve_app.protocol.tensors import datatype_of, element_count, numpy_dtype
 
 _REQUEST_KEYS = {"id", "parameters", "inputs", "outputs"}
 _TENSOR_KEYS = {"name", "shape", "datatype", "parameters", "data"}
@@ -145,8 +144,9 @@ def decode_tensor(tensor: Any, where: str, binary: _BinarySection) -> tuple[str,
         if key not in tensor:
             raise InvalidInput(f"{where}: missing '{key}'")
     shape = tensor["shape"]
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+    if not isinstance(shape, list):
         raise InvalidInput(f"{where}: 'shape' must be a list of non-negative integers, got {shape!r}")
+    expected = element_count(shape, where)
     datatype = tensor["datatype"]
     if not isinstance(datatype, str):
         raise InvalidInput(f"{where}: 'datatype' must be a string")
@@ -158,7 +158,6 @@ def decode_tensor(tensor: Any, where: str, binary: _BinarySection) -> tuple[str,
     if datatype == "FP16":
         raise InvalidInput(f"{where}: FP16 data cannot be sent as JSON; send it as a binary tensor")
     flat = _flatten(tensor["data"], shape, where)
-    expected = math.prod(shape)
     if len(flat) != expected:
         raise InvalidInput(f"{where}: shape {shape} needs {expected} elements, 'data' has {len(flat)}")
     return name, _to_array(flat, datatype, dtype, where).reshape(shape)

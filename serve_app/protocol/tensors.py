@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -25,6 +26,18 @@ NUMPY_DTYPES: dict[str, np.dtype] = {
     "BYTES": np.dtype(np.object_),
 }
 _DATATYPES_BY_DTYPE = {dtype: name for name, dtype in NUMPY_DTYPES.items()}
+MAX_DIMS = 32
+"""numpy 1's limit on an array's dimensions."""
+
+
+def element_count(shape: Sequence[int], where: str) -> int:
+    """The elements a client's shape claims, checked before anything is allocated for it: whole
+    non-negative numbers, and a shape numpy can hold even where a 0 makes it empty."""
+    if not all(type(d) is int and d >= 0 for d in shape):
+        raise InvalidInput(f"{where}: 'shape' must be a list of non-negative integers, got {list(shape)!r}")
+    if len(shape) > MAX_DIMS or math.prod(d for d in shape if d) >= 2**59:  # numpy: at most 2^63 bytes
+        raise InvalidInput(f"{where}: shape {list(shape)} is larger than any tensor can be")
+    return math.prod(shape)
 
 
 def numpy_dtype(datatype: str) -> np.dtype:

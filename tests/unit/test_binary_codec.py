@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import struct
 
 import numpy as np
@@ -17,6 +18,7 @@ from serve_app.protocol.raw import tensor_from_raw, tensor_to_raw
 from serve_app.protocol.rest import binary_outputs, parse_infer_request, render_infer_response
 from serve_app.protocol.tensors import NUMPY_DTYPES
 from tests.helpers import binary_body
+from tests.strategies import decoded_in_bounded_memory
 
 RNG = np.random.default_rng(3)
 
@@ -122,7 +124,7 @@ FLOATS = {"name": "x", "datatype": "FP32", "shape": [2], "parameters": {"binary_
             + struct.pack("<I", 2)
             + b"ab",
             None,
-            "element 1 has no 4-byte length prefix",
+            "2 BYTES elements need at least 8 bytes",
         ),
     ],
 )
@@ -159,3 +161,16 @@ def test_truncated_or_padded_binary_raises_only_the_protocol_error(datatype, row
 def test_raw_bytes_parser_never_raises_anything_else(raw, count):
     with contextlib.suppress(InvalidInput):
         tensor_from_raw(raw, "BYTES", [count], "input 's'")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    datatype=st.sampled_from(sorted(NUMPY_DTYPES)),
+    shape=st.lists(st.integers(0, 2**40), max_size=3),
+    raw=st.binary(max_size=64),
+)
+def test_raw_tensors_never_allocate_more_than_their_bytes_claim(datatype, shape, raw):
+    """A shape may claim 2^40 elements; the decoder checks it against the bytes before allocating
+    (a BYTES tensor of 2^40 elements once took a router to 20 GB)."""
+    array = decoded_in_bounded_memory(lambda: tensor_from_raw(raw, datatype, shape, "x"))
+    assert array is None or array.size == math.prod(shape)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
 
 from serve_app.errors import InvalidInput
 from serve_app.protocol import grpc_codec
@@ -17,6 +18,7 @@ from serve_app.protocol.generated import grpc_predict_v2_pb2 as pb
 from serve_app.protocol.messages import InferenceResponse
 from serve_app.protocol.raw import tensor_to_raw
 from serve_app.protocol.tensors import NUMPY_DTYPES, datatype_of
+from tests.strategies import decoded_in_bounded_memory, grpc_infer_requests
 
 ROOT = Path(__file__).parents[2]
 GENERATED = ROOT / "serve_app" / "protocol" / "generated"
@@ -100,3 +102,10 @@ def test_generated_code_is_reproducible_from_the_proto(tmp_path):
     subprocess.run(command, cwd=tmp_path, check=True)
     for name in ("grpc_predict_v2_pb2.py", "grpc_predict_v2_pb2_grpc.py"):
         assert filecmp.cmp(target / name, GENERATED / name, shallow=False), f"{name} is stale: run make proto"
+
+
+@settings(max_examples=300, deadline=None)
+@given(request=grpc_infer_requests)
+def test_any_grpc_request_decodes_or_is_refused_without_allocating_its_claim(request):
+    decoded = decoded_in_bounded_memory(lambda: grpc_codec.request_from_proto(request))
+    assert decoded is None or len(decoded.inputs) == len(request.inputs)

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
 
 from serve_app.errors import InvalidInput
 from serve_app.protocol.messages import InferenceResponse
@@ -13,6 +14,7 @@ from serve_app.protocol.rest import (
     render_infer_response,
     request_body,
 )
+from tests.strategies import decoded_in_bounded_memory, infer_documents
 
 JSON_DATATYPES = {
     "BOOL": [True, False, True, True],
@@ -140,3 +142,10 @@ def test_duplicate_inputs_are_refused():
     tensor = {"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}
     with pytest.raises(InvalidInput, match="more than once"):
         parse_infer_request(_body(tensor, tensor))
+
+
+@settings(max_examples=300, deadline=None)
+@given(document=infer_documents(["a", "b"]))
+def test_any_json_body_parses_or_is_refused_without_allocating_its_claim(document):
+    request = decoded_in_bounded_memory(lambda: parse_infer_request(json.dumps(document).encode()))
+    assert request is None or all(isinstance(array, np.ndarray) for array in request.inputs.values())
