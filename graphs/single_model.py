@@ -43,6 +43,8 @@ def router(settings: GraphArgs):
     return Router.options(
         num_replicas=settings.num_replicas_ingress,
         max_ongoing_requests=settings.max_ongoing_requests_ingress,
+        # The router is rarely what saturates; the versions behind it shed (max_queued_requests).
+        max_queued_requests=settings.max_ongoing_requests_ingress,
         graceful_shutdown_timeout_s=LOAD_WAIT_S + 30,
         ray_actor_options={"num_cpus": settings.num_cpus_ingress},
     )
@@ -92,6 +94,7 @@ def version_pipeline(repository: str, version: ModelVersion, settings: GraphArgs
             name=f"{prefix}-preprocessor",
             num_replicas=config.instances.num_replicas,
             max_ongoing_requests=settings.max_ongoing_requests_ingress,
+            max_queued_requests=settings.max_queued_requests,
             ray_actor_options={"num_cpus": settings.num_cpus_ingress},
         ).bind(repository, config.name, version.version)
     runner = ModelDeployment.options(
@@ -99,6 +102,7 @@ def version_pipeline(repository: str, version: ModelVersion, settings: GraphArgs
         num_replicas=config.instances.num_replicas,
         # @serve.batch only fills a batch with requests the replica has accepted.
         max_ongoing_requests=max(2 * config.dynamic_batching.max_batch_size, config.max_batch_size),
+        max_queued_requests=settings.max_queued_requests,
         user_config=config.dynamic_batching.model_dump(),
         ray_actor_options={"num_cpus": config.instances.num_cpus, "num_gpus": config.instances.num_gpus},
     ).bind(repository, config.name, version.version, preprocess=in_model)

@@ -263,6 +263,11 @@ class GraphArgs(Strict):
     max_ongoing_requests_ingress: int = Field(1000, ge=1)
     """Concurrent requests one ingress or preprocessor replica takes. They are async and
     cheap per request; Serve's default of 5 makes callers back off and retry under load."""
+    max_queued_requests: int = Field(200, ge=-1)
+    """Requests a router replica may keep waiting for one version beyond what the version's replicas
+    take (Serve's max_queued_requests; -1: no bound). Beyond it a request gets 503 at once, so an
+    overload sheds the excess instead of every request timing out. The router itself queues up to
+    max_ongoing_requests_ingress more at Serve's proxy."""
     drift: dict[str, DriftSettings] = {}
     """Models whose inputs and scores the drift monitor watches."""
     preprocessing: Literal["in_model", "replica"] = "in_model"

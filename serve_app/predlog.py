@@ -110,6 +110,8 @@ class ParquetLog:
         self.written = 0
         self.dropped = 0
         self.failures = 0
+        self.failing = False
+        """Whether the latest write failed: rows are piling up in memory until storage returns."""
         self.last_error: str | None = None
 
     def record(self, table: str, row: dict[str, Any]) -> None:
@@ -139,11 +141,13 @@ class ParquetLog:
                         self._write(table, partition, part)
                     except Exception as error:  # storage of any kind can fail in many ways
                         self.failures += 1
+                        self.failing = True
                         self.last_error = f"{type(error).__name__}: {error}"
                         logger.warning("prediction log: writing %d rows failed, kept for retry: %s", len(part), error)
                         with self._lock:
                             self._rows[table][:0] = part
                         continue
+                    self.failing = False
                     written += len(part)
             self.written += written
             return written
@@ -163,6 +167,7 @@ class ParquetLog:
             "buffered": self.buffered,
             "dropped": self.dropped,
             "failures": self.failures,
+            "failing": self.failing,
             "last_error": self.last_error,
         }
 

@@ -92,6 +92,11 @@ class TrafficController:
                  "error": status != "ok", "score": score}
             )  # fmt: skip
 
+    @property
+    def pending_events(self) -> int:
+        """Events waiting for the experiment store (it is away, or the next sync has not run yet)."""
+        return len(self._events)
+
     def drain_events(self) -> list[dict]:
         events = list(self._events)
         self._events.clear()

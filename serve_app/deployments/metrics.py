@@ -19,12 +19,34 @@ class RouterMetrics:
             "serve_app_request_latency_ms", "router-to-answer latency of inference requests",
             boundaries=LATENCY_BOUNDARIES_MS, tag_keys=arm,
         )  # fmt: skip
+        self.shed_requests = metrics.Counter(
+            "serve_app_requests_shed", "inference requests refused with 503 because a version's queue was full",
+            tag_keys=("model",),
+        )  # fmt: skip
         shadow = ("model", "version")
         self.shadow_calls = metrics.Counter("serve_app_shadow_requests", "mirrored requests sent", tag_keys=shadow)
         self.shadow_failures = metrics.Counter("serve_app_shadow_failures", "mirrored requests failed", tag_keys=shadow)
         self.disagreements = metrics.Counter(
             "serve_app_shadow_disagreements", "shadow decisions differing from production's", tag_keys=shadow
         )
+
+        self.log_rows = metrics.Counter(
+            "serve_app_log_rows", "prediction log rows by outcome: written, or dropped while storage failed",
+            tag_keys=("outcome",),
+        )  # fmt: skip
+        self.log_failures = metrics.Counter("serve_app_log_write_failures", "prediction log writes that failed")
+        self.log_buffered = metrics.Gauge("serve_app_log_buffered_rows", "prediction log rows waiting for storage")
+        self._log_counted = {"written": 0, "dropped": 0, "failures": 0}
+
+    def log(self, stats: dict) -> None:
+        """The prediction log's counts (ParquetLog.stats()), as they stand after a flush."""
+        for outcome in ("written", "dropped"):
+            if stats[outcome] > self._log_counted[outcome]:
+                self.log_rows.inc(stats[outcome] - self._log_counted[outcome], tags={"outcome": outcome})
+        if stats["failures"] > self._log_counted["failures"]:
+            self.log_failures.inc(stats["failures"] - self._log_counted["failures"])
+        self._log_counted = {key: stats[key] for key in self._log_counted}
+        self.log_buffered.set(stats["buffered"])
 
     def request(self, model: str, version: int, arm: str, latency_ms: float, ok: bool) -> None:
         tags = {"model": model, "version": str(version), "arm": arm}
@@ -33,6 +55,9 @@ class RouterMetrics:
             self.latency.observe(latency_ms, tags=tags)
         else:
             self.failures.inc(tags=tags)
+
+    def shed(self, model: str) -> None:
+        self.shed_requests.inc(tags={"model": model})
 
     def shadow(self, model: str, version: int, disagreed: bool | None, ok: bool) -> None:
         tags = {"model": model, "version": str(version)}

@@ -8,6 +8,7 @@ import numpy as np
 from ray import serve
 
 from serve_app.config import DynamicBatching
+from serve_app.deployments.logs import warnings_at_once
 from serve_app.deployments.metrics import ModelMetrics
 from serve_app.errors import InvalidInput
 from serve_app.protocol.tensors import batch_size, check_inputs
@@ -24,6 +25,7 @@ class ModelDeployment:
     def __init__(self, repository: str, model: str, version: int, preprocess: bool = False):
         """preprocess: predict() takes the raw inputs and runs the version's preprocessor first
         (preprocessing: in_model), instead of a preprocessor replica's tensors."""
+        warnings_at_once()
         model_version = ModelRepository(repository).version(model, version)
         self.config = model_version.config
         self.preprocessor = model_version.preprocessor if preprocess else None

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException
 
 from serve_app import __version__
 from serve_app.config import GraphArgs, TrafficSettings
+from serve_app.deployments.logs import warnings_at_once
 from serve_app.deployments.metrics import RouterMetrics
 from serve_app.deployments.redeploy import redeploy
 from serve_app.drift import DriftFeed
@@ -60,6 +61,8 @@ from serve_app.traffic import ROUTING_KEY_HEADER, ShadowQueue, TrafficController
 
 logger = logging.getLogger("ray.serve")
 READY_TIMEOUT_S = 5.0
+REPLICA_LOST_RETRIES = 2
+"""Times a request is sent again when the replica scoring it died (scoring has no side effects)."""
 BACKGROUND_INTERVAL_S = 1.0
 SHADOW_TIMEOUT_S = 10.0
 SHADOW_WINDOW_S = 1.0
@@ -87,7 +90,7 @@ def _error(status: int, message: str) -> Response:
 
 def client_error_of(error: BaseException) -> ServeAppError | None:
     """What a client is told about an exception; None for a bug (500)."""
-    if isinstance(error, (BackPressureError, DeploymentUnavailableError)):
+    if isinstance(error, (BackPressureError, DeploymentUnavailableError, RayActorError)):
         return Unavailable(f"the model is overloaded or unavailable, retry later ({type(error).__name__})")
     return as_client_error(error)
 
@@ -96,6 +99,7 @@ def client_error_of(error: BaseException) -> ServeAppError | None:
 @app.exception_handler(RayTaskError)
 @app.exception_handler(BackPressureError)
 @app.exception_handler(DeploymentUnavailableError)
+@app.exception_handler(RayActorError)
 async def _client_error(request: Request, error: Exception) -> Response:
     client_error = client_error_of(error)
     if client_error is None:
@@ -220,6 +224,16 @@ class HandleEndpoint(Endpoint):
         self.model = runner
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for attempt in range(REPLICA_LOST_RETRIES + 1):
+            try:
+                return await self._call(inputs)
+            except RayActorError as error:  # killed or its node lost; Serve routes the retry to a live one
+                if attempt == REPLICA_LOST_RETRIES:
+                    raise
+                logger.warning("%s v%s: a replica died mid-request, sending it again: %r", self.name, self.version,
+                               error)  # fmt: skip
+
+    async def _call(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.preprocessor is None:
             return await self.model.predict.remote(inputs)
         # Chained: the preprocessor's result goes to the model without a trip through this replica.
@@ -258,6 +272,7 @@ class Router:
         drift: the drift monitor, for the models in settings.drift;
         app_args: the application's args as the graph builder resolved them, to deploy it again
         changed (load, unload, traffic)."""
+        warnings_at_once()
         self.settings = GraphArgs.model_validate(settings)
         self.app_args = app_args
         self.started_at = time.time()
@@ -301,6 +316,26 @@ class Router:
     @app.get("/v2/health/ready", response_model=openapi.Ready, responses={400: {"model": openapi.Ready}})
     async def ready(self) -> JSONResponse:
         return self._ready(await self.dataplane.server_ready())
+
+    @app.get("/health", response_model=openapi.Health)
+    async def health(self) -> dict:
+        """What this router replica could not do, beyond answering: storage writes, drift shipping,
+        shadows, experiment events. Serving goes on through all of it; `status` says whether any
+        is failing now. Error messages stay in the replica's log (they may name paths or buckets)."""
+        log = self.traffic.log.stats() if self.traffic.log is not None else None
+        storage = None
+        if log is not None:
+            error_type = log["last_error"].partition(":")[0] if log["last_error"] else None
+            storage = {**{k: log[k] for k in ("written", "buffered", "dropped", "failures", "failing")},
+                       "last_error_type": error_type}  # fmt: skip
+        return {
+            "status": "degraded" if storage is not None and storage["failing"] else "ok",
+            "storage": storage,
+            "drift_shipping_failures": self.drift_failures,
+            "shadow_failures": self.traffic.shadow_failures,
+            "experiment_events_pending": self.traffic.pending_events,
+            "experiment_events_dropped": self.traffic.events_dropped,
+        }
 
     @app.get("/v2", response_model=openapi.ServerMetadata)
     async def server_metadata(self) -> dict:
@@ -378,6 +413,10 @@ class Router:
         start = time.perf_counter()
         try:
             response = await self.dataplane.infer(model, route.version, inference)
+        except BackPressureError as error:  # shed: the version's queue is full (max_queued_requests)
+            self.metrics.shed(model)
+            logger.debug("request id=%s model=%s shed: %s", inference.id, model, error)
+            raise Unavailable(f"model '{model}' is overloaded: {error} Retry later.") from None
         except Exception as error:
             client_error = client_error_of(error)
             if client_error is None or client_error.http_status >= 500:  # the model failed, not the client
@@ -388,6 +427,8 @@ class Router:
                                inference.id, model, answered_by, route.arm, latency_ms, error)  # fmt: skip
             else:
                 logger.debug("request id=%s model=%s refused: %s", inference.id, model, client_error.message)
+            if client_error is not None:  # as itself: Serve answers its own exceptions in plain text
+                raise client_error from None
             raise
         response.parameters["arm"] = route.arm
         answered_by, latency_ms = int(response.model_version), _ms(start)
@@ -529,6 +570,7 @@ class Router:
     async def _flush_log(self) -> None:
         if self.traffic.log is not None:
             await asyncio.to_thread(self.traffic.log.flush)
+            self.metrics.log(self.traffic.log.stats())
 
     # -- experiments: feedback for everyone, decisions for ops -------------------------------------
 

@@ -69,6 +69,24 @@ class Ready(_Schema):
     ready: bool
 
 
+class StorageHealth(_Schema):
+    written: int
+    buffered: int = Field(description="Rows waiting in memory for storage.")
+    dropped: int = Field(description="Rows given up while storage was away (the buffer is bounded).")
+    failures: int
+    failing: bool = Field(description="Whether the latest write failed.")
+    last_error_type: str | None = None
+
+
+class Health(_Schema):
+    status: Literal["ok", "degraded"]
+    storage: StorageHealth | None = Field(description="The prediction log; null without a storage URI.")
+    drift_shipping_failures: int
+    shadow_failures: int
+    experiment_events_pending: int
+    experiment_events_dropped: int
+
+
 class ServerMetadata(_Schema):
     name: str
     version: str

@@ -45,20 +45,24 @@ def test_unwritable_storage_keeps_rows_until_it_is_back(tmp_path):
     blocker.write_text("a file where the folder should be")
     assert log.flush() == 0
     assert log.stats()["failures"] == 1 and log.buffered == 1 and "Error" in log.stats()["last_error"]
+    assert log.stats()["failing"]
     blocker.unlink()
     log.record(PREDICTIONS, _row(2))
     assert log.flush() == 2
+    assert not log.stats()["failing"] and log.stats()["failures"] == 1
     assert sorted(read_table(str(tmp_path), PREDICTIONS).column("request_id").to_pylist()) == ["r1", "r2"]
 
 
-def test_buffer_is_bounded_and_drops_are_counted(tmp_path):
+def test_buffer_is_bounded_and_drops_are_counted(tmp_path, reliability):
+    row = reliability("Faults", "storage away while 250 rows arrive for a buffer of 100 (unit)")
     log = ParquetLog(str(tmp_path / "nowhere" / "x"), "w", max_buffered_rows=100)
     for i in range(250):
         log.record(
             FEEDBACK,
             {"request_id": f"r{i}", "time": utc_now(), "model": "m", "reward": 1.0, "label": None, "known": True},
         )
-    assert log.buffered <= 100 and log.dropped >= 150
+    row.measured["kept / dropped"] = f"{log.buffered} / {log.dropped}"
+    assert log.buffered <= 100 and log.dropped >= 150 and log.buffered + log.dropped == 250
 
 
 def test_json_state_round_trips_through_pyarrow_fs(tmp_path):
