@@ -8,15 +8,16 @@ REPOSITORY ?= model_repository
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo run test lint format bench bench-env proto clean
+.PHONY: install demo run test soak audit lock lint format bench bench-env proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# requirements.lock pins every package to the versions tested together (make lock writes it).
+$(VENV)/.installed: pyproject.toml requirements.lock | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet '$(TORCH_SPEC)'
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -35,6 +36,18 @@ run: install demo
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The reliability suite's soak, longer: 64 clients for SOAK_SECONDS (README, "Reliability").
+SOAK_SECONDS ?= 600
+soak: install
+	SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m pytest --timeout=0 tests/reliability/test_load.py $(PYTEST_ARGS)
+
+# Known vulnerabilities in requirements.lock; accepted ones live in security/accepted-vulnerabilities.txt.
+audit: install
+	$(BIN)/python scripts/audit.py
+
+lock: install
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^#' > requirements.lock
 
 lint: install
 	$(BIN)/ruff check .
