@@ -19,6 +19,7 @@ from ray import serve
 from graphs.champion_challenger import build_app
 from serve_app.config import RAY_SERVE_ENV
 from serve_app.demo import build_demo_repository
+from tests.reliability_table import pytest_runtest_makereport, pytest_sessionfinish, reliability  # noqa: F401
 
 LOCAL_CONFIG = Path(__file__).parents[1] / "configs" / "local.yaml"
 APP_NAME = "serve-app"

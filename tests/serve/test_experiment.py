@@ -100,7 +100,8 @@ def test_split_follows_the_weights_and_sticks_to_the_key(app, client):
         assert versions == {by_parameter}
 
 
-def test_a_shadow_that_raises_never_reaches_the_client(app, client, experiment_args):
+def test_a_shadow_that_raises_never_reaches_the_client(app, client, experiment_args, reliability):
+    reliability("Faults", "a shadow version raising on every mirrored request")
     # Every request above was mirrored to v3, which raised each time; each client got a 200.
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -162,7 +163,8 @@ def test_ops_endpoints_need_the_token(app, client):
     assert state["traffic"]["champion"]["version"] == 1 and state["history"][-1]["who"] == "ops"
 
 
-def test_a_restart_keeps_the_experiment_and_the_log_is_exact(app, client, experiment_args):
+def test_a_restart_keeps_the_experiment_and_the_log_is_exact(app, client, experiment_args, reliability):
+    row = reliability("Faults", "the app stopped gracefully and started again (two routers)")
     time.sleep(2.5)  # routers ship their last events within a second; the store persists within another
     before = summary(client)
     for i in range(5):  # answered just before the stop: only the routers' shutdown flush can log these
@@ -178,6 +180,7 @@ def test_a_restart_keeps_the_experiment_and_the_log_is_exact(app, client, experi
     serve.run(build_app(experiment_args), name=APP, route_prefix=PREFIX)
     after = summary(client)
     assert after["history"] == before["history"] and after["traffic"] == before["traffic"]
+    row.measured["production rows"] = f"{len(production)} for {sum(answered.values())} answers, ids unique"
     assert after["arms"]["champion"]["requests"] >= before["arms"]["champion"]["requests"] > 0
 
 

@@ -1,0 +1,216 @@
+"""Hostile and broken requests over HTTP (JSON and binary) and gRPC: each gets a clear 4xx (or the
+gRPC code of one) naming the problem, and the server goes on answering."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import Counter
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from serve_app.demo import request_columns, synthetic_transactions
+from serve_app.protocol.generated import grpc_predict_v2_pb2 as pb
+from serve_app.protocol.generated import grpc_predict_v2_pb2_grpc as pb_grpc
+from serve_app.protocol.rest import request_body
+from tests.conftest import MAX_REQUEST_BYTES
+from tests.helpers import binary_body
+from tests.strategies import DATATYPES, grpc_infer_requests, infer_documents, json_values
+
+FRAUD = "/v2/models/fraud/infer"
+ROW = request_body(request_columns(synthetic_transactions(1, seed=5)))
+LIVE = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def _with(name: str, **changes) -> dict:
+    """The valid fraud row with one input changed."""
+    return {"inputs": [{**i, **changes} if i["name"] == name else i for i in ROW["inputs"]]}
+
+
+def _fraud_binary(amount: float) -> tuple[bytes, dict]:
+    columns = request_columns(synthetic_transactions(2, seed=6))
+    columns["amount"] = np.full(2, amount, dtype=np.float32)
+    body, header_length = binary_body(columns)
+    return body, {"inference-header-content-length": str(header_length)}
+
+
+CASES = {
+    "deeply nested JSON": (b"[" * 100_000 + b"]" * 100_000, {}, 400, "nested too deeply"),
+    "data nested deeper than its shape": (
+        json.dumps(_with("amount", data=[[[[[[[[53.5]]]]]]]])).encode(),
+        {},
+        400,
+        "shape",
+    ),
+    "NaN as a JSON literal": (json.dumps(_with("amount", data=[float("nan")])).encode(), {}, 400, "NaN"),
+    "Infinity as a JSON literal": (json.dumps(_with("amount", data=[float("inf")])).encode(), {}, 400, "Infinity"),
+    "NaN in a binary tensor": (*_fraud_binary(float("nan")), 422, "amount"),
+    "infinity in a binary tensor": (*_fraud_binary(float("inf")), 422, "amount"),
+    "an empty batch": (
+        json.dumps({"inputs": [{**i, "shape": [0], "data": []} for i in ROW["inputs"]]}).encode(),
+        {},
+        400,
+        "empty",
+    ),
+    "no inputs": (b'{"inputs": []}', {}, 400, "inputs"),
+    "a shape of 10^12 rows with one value": (json.dumps(_with("amount", shape=[10**12])).encode(), {}, 400, "shape"),
+    "a shape whose product overflows": (json.dumps(_with("amount", shape=[2**62, 2**62])).encode(), {}, 400, "shape"),
+    "a negative shape": (json.dumps(_with("amount", shape=[-1])).encode(), {}, 400, "shape"),
+    "an unknown datatype": (json.dumps(_with("amount", datatype="FP128")).encode(), {}, 400, "FP128"),
+    "an input given twice": (json.dumps({"inputs": ROW["inputs"] + ROW["inputs"][:1]}).encode(), {}, 400, "amount"),
+    "bytes that are not UTF-8": (b'{"inputs": "\xff\xfe"}', {}, 400, "JSON"),
+    "a header length beyond the body": (
+        json.dumps(ROW).encode(),
+        {"inference-header-content-length": "999999"},
+        400,
+        "Inference-Header-Content-Length",
+    ),
+    "a gzip body that inflates past the limit": (
+        gzip.compress(b" " * (MAX_REQUEST_BYTES + 1)),
+        {"content-encoding": "gzip"},
+        413,
+        "limit",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_requests_get_a_clear_4xx_and_serving_goes_on(client, case, reliability):
+    body, headers, status, named = CASES[case]
+    row = reliability("Bad input", f"HTTP: {case}")
+    try:
+        response = client.post(FRAUD, content=body, headers=headers)
+    except httpx.HTTPError as error:  # e.g. the server closing a connection whose length it refused
+        pytest.fail(f"no answer: {error!r}")
+    row.measured["answer"] = f"{response.status_code} {response.text[:90]}".replace("\n", " ")
+    assert response.status_code == status, response.text
+    if named is not None:
+        assert named in response.json()["error"], response.text
+    assert client.post(FRAUD, json=ROW).status_code == 200
+
+
+def _oversized_chunks():
+    yield b'{"inputs": ['
+    for _ in range(MAX_REQUEST_BYTES // 65536 + 2):
+        yield b" " * 65536
+
+
+def test_a_chunked_body_past_the_limit_is_cut_off_with_413(client, reliability):
+    row = reliability("Bad input", "HTTP: a chunked body (no Content-Length) past the limit")
+    response = client.post(FRAUD, content=_oversized_chunks())
+    row.measured["answer"] = f"{response.status_code}"
+    assert response.status_code == 413 and "limit" in response.json()["error"]
+    assert client.post(FRAUD, json=ROW).status_code == 200
+
+
+# -- generated requests ------------------------------------------------------------------------
+
+documents = infer_documents([i["name"] for i in ROW["inputs"]])
+
+
+def test_schema_driven_fuzzing_finds_no_5xx(served, reliability):
+    """A bounded schemathesis run over every operation: generated requests never get a 5xx."""
+    row = reliability("Bad input", "schemathesis: every operation in /openapi.json, 10 generated requests each")
+    schema = schemathesis.openapi.from_url(f"{served}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 10
+    statuses: list[int] = []
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def call(case):
+            response = case.call(base_url=served, timeout=30)
+            statuses.append(response.status_code)
+            assert response.status_code < 500, (case.operation.label, case.body, response.text)
+
+        call()
+    row.measured["requests"] = (
+        f"{len(statuses)} over {len(operations)} operations, {sum(s >= 500 for s in statuses)} 5xx"
+    )
+    assert len(statuses) >= 5 * len(operations) and any(400 <= s < 500 for s in statuses)
+
+
+def _mutated(index: int, key: str, value) -> dict:
+    """The valid fraud row with one field of one input replaced."""
+    inputs = [dict(i) for i in ROW["inputs"]]
+    inputs[index % len(inputs)][key] = value
+    return {"inputs": inputs}
+
+
+near_valid = st.builds(
+    _mutated,
+    st.integers(0, 7),
+    st.sampled_from(["name", "datatype", "shape", "data", "parameters"]),
+    json_values | st.sampled_from(DATATYPES) | st.lists(st.integers(-1, 3), max_size=3),
+)
+
+
+def test_generated_json_and_binary_requests_never_get_a_5xx(client, reliability):
+    row = reliability(
+        "Bad input", "hypothesis: generated JSON bodies, the valid one with a field changed, binary bodies"
+    )
+    statuses: Counter = Counter()
+
+    @LIVE
+    @given(document=documents)
+    def json_body(document):
+        response = client.post(FRAUD, json=document)
+        statuses[response.status_code] += 1
+        assert response.status_code < 500, response.text
+        assert response.status_code == 200 or "error" in response.json()
+
+    @LIVE
+    @given(header=documents, tail=st.binary(max_size=64), cut=st.integers(0, 200))
+    def binary_request(header, tail, cut):
+        body = json.dumps(header).encode() + tail
+        length = str(min(cut, len(body)))
+        response = client.post(FRAUD, content=body, headers={"inference-header-content-length": length})
+        statuses[response.status_code] += 1
+        assert response.status_code < 500, response.text
+
+    @LIVE
+    @given(document=near_valid)
+    def near_valid_body(document):
+        json_body.hypothesis.inner_test(document)
+
+    json_body()
+    near_valid_body()
+    binary_request()
+    row.measured["answers"] = ", ".join(f"{n}× {status}" for status, n in sorted(statuses.items()))
+    assert client.post(FRAUD, json=ROW).status_code == 200
+
+
+CLIENT_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+@pytest.fixture(scope="module")
+def grpc_stub(grpc_target):
+    with grpc.insecure_channel(grpc_target) as channel:
+        yield pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def test_generated_grpc_requests_get_client_error_codes(grpc_stub, reliability):
+    row = reliability("Bad input", "hypothesis: generated gRPC ModelInfer requests (names, types, shapes, raw bytes)")
+    metadata = (("application", "serve-app"),)
+    codes: Counter = Counter()
+
+    @LIVE
+    @given(request=grpc_infer_requests)
+    def infer(request):
+        try:
+            grpc_stub.ModelInfer(request, metadata=metadata, timeout=30)
+            codes["OK"] += 1
+        except grpc.RpcError as error:
+            codes[error.code().name] += 1
+            assert error.code() in CLIENT_CODES, f"{error.code()}: {error.details()}"
+
+    infer()
+    row.measured["answers"] = ", ".join(f"{n}× {code}" for code, n in sorted(codes.items()))
+    assert grpc_stub.ServerLive(pb.ServerLiveRequest(), metadata=metadata, timeout=30).live
