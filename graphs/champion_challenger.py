@@ -50,7 +50,11 @@ def build_app(args: dict) -> Application:
         name=EXPERIMENTS_DEPLOYMENT,
         user_config={"traffic": traffic},
         ray_actor_options={"num_cpus": settings.num_cpus_ingress},
-    ).bind(settings.storage_uri, {model: e.settings.model_dump() for model, e in settings.experiments.items()})
+    ).bind(
+        settings.storage_uri,
+        {model: e.settings.model_dump() for model, e in settings.experiments.items()},
+        settings.feedback_window_requests,
+    )
     router_settings = settings.model_dump(include=set(GraphArgs.model_fields))
     return router(settings).bind(
         router_settings, pipelines, experiments, traffic, drift_monitor(settings, served, experiments),

@@ -299,6 +299,9 @@ class ExperimentGraphArgs(GraphArgs):
 
     storage_uri: str = "serve_app_storage"
     experiments: dict[str, ExperimentArgs] = Field(min_length=1)
+    feedback_window_requests: int = Field(200_000, ge=1)
+    """Latest requests the experiment store remembers for feedback to join on (about 250 bytes
+    each); feedback for an older one is logged and counted as unmatched."""
 
 
 class BatchSettings(Strict):

@@ -21,6 +21,7 @@ README = Path(__file__).parents[1] / "README.md"
 BEGIN = "<!-- reliability-table: written by the tests (tests/reliability_table.py) -->"
 END = "<!-- reliability-table: end -->"
 HEADER = ["| Area | What was tried | Held | Measured |", "|---|---|---|---|"]
+AREAS = ["Load", "Faults", "Bad input", "Security"]
 _rows: dict[str, Row] = {}
 
 
@@ -89,4 +90,5 @@ def merged(readme: str, rows: list[Row]) -> str:
             lines.append(row.line())
         else:
             lines[index] = row.line()
+    lines.sort(key=lambda line: AREAS.index(area) if (area := line.split("|")[1].strip()) in AREAS else len(AREAS))
     return head + BEGIN + "\n" + "\n".join(HEADER + lines) + "\n" + END + tail

@@ -20,10 +20,12 @@ class ExperimentDeployment:
     """The single replica that owns experiment state. Traffic per model comes from user_config
     ({"traffic": {model: TrafficSettings}}), so ops change weights live with `serve deploy`."""
 
-    def __init__(self, storage_uri: str, settings: dict[str, dict]):
+    def __init__(self, storage_uri: str, settings: dict[str, dict], feedback_window_requests: int = 200_000):
         warnings_at_once()
         self.store = ExperimentStore(
-            storage_uri, {model: ExperimentSettings.model_validate(s) for model, s in settings.items()}
+            storage_uri,
+            {model: ExperimentSettings.model_validate(s) for model, s in settings.items()},
+            max_tracked_requests=feedback_window_requests,
         )
         self.metrics = ExperimentMetrics()
         self._decisions_counted: dict[str, int] = {}

@@ -33,6 +33,7 @@ def test_soak_at_64_clients_no_5xx_flat_memory_and_an_exact_log(full_graph, full
     warm, peak = growth[largest]
     who = largest.split("#")[1] if "#" in largest else largest.split("-")[0]  # the deployment, or Serve's actor
     row.measured["memory"] = f"{len(growth)} processes, top growth past warm-up {(peak - warm) / MIB:+.1f} MiB ({who})"
+    print("memory growth after warm-up:", {name: f"{(p - w) / MIB:+.1f} MiB" for name, (w, p) in growth.items()})
     assert statuses == {200: len(load.answers)}, load.summary()
     assert peak - warm <= ALLOWED_GROWTH, {name: f"{(p - w) / MIB:+.1f} MiB" for name, (w, p) in growth.items()}
     # Every answered request is in the prediction log exactly once (routers flush each second).
