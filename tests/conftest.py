@@ -10,6 +10,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 import ray
@@ -19,6 +20,7 @@ from ray import serve
 from graphs.champion_challenger import build_app
 from serve_app.config import RAY_SERVE_ENV
 from serve_app.demo import build_demo_repository
+from serve_app.protocol.generated.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 from tests.reliability_table import pytest_runtest_makereport, pytest_sessionfinish, reliability  # noqa: F401
 
 LOCAL_CONFIG = Path(__file__).parents[1] / "configs" / "local.yaml"
@@ -115,6 +117,14 @@ def served(ray_cluster, app_args) -> str:
 @pytest.fixture(scope="session")
 def grpc_target(served, ray_cluster) -> str:
     return ray_cluster.grpc_target
+
+
+@pytest.fixture(scope="session")
+def stub(grpc_target) -> GRPCInferenceServiceStub:
+    """A gRPC client of the demo graph, taking requests past gRPC's 4 MiB default."""
+    options = [("grpc.max_send_message_length", 16 * 1024 * 1024)]
+    with grpc.insecure_channel(grpc_target, options=options) as channel:
+        yield GRPCInferenceServiceStub(channel)
 
 
 @pytest.fixture

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import numpy as np
+import ray
 import yaml
 from ray import serve
 
@@ -88,3 +90,37 @@ class Traffic:
         self._stop.set()
         self._thread.join(timeout=90)
         print(f"traffic: {dict(self.answers)} answered, {len(self.failures)} failed, slowest {self.slowest_s:.2f} s")
+
+
+def wait_until(condition: Callable, timeout_s: float, interval_s: float = 0.5):
+    """Poll until condition() is truthy; its last value (falsy when time ran out)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval_s)
+
+
+def scrape_metrics(metrics_url: str) -> dict[str, list[tuple[dict, float]]]:
+    """Ray's Prometheus text, by metric name: (labels, value) per series."""
+    series = defaultdict(list)
+    for line in httpx.get(metrics_url, timeout=10).text.splitlines():
+        match = re.match(r"^(\w+)\{(.*)\} (\S+)$", line)
+        if match:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2)))
+            series[match.group(1)].append((labels, float(match.group(3))))
+    return series
+
+
+def metric_total(series: dict, application: str, name: str, **labels) -> float:
+    """The sum over one application's series (Serve tags each with it) having these labels."""
+    labels["application"] = application
+    return sum(v for found, v in series.get(name, []) if all(found.get(k) == str(x) for k, x in labels.items()))
+
+
+def replica_log_lines(application: str, deployment: str = "Router") -> list[str]:
+    """Every line the deployment's replicas wrote to their Serve log files on this node."""
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    paths = logs.glob(f"replica_{application}_{deployment}_*.log")
+    return [line for path in paths for line in path.read_text(errors="replace").splitlines()]

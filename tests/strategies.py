@@ -31,9 +31,7 @@ def infer_documents(names: list[str]) -> st.SearchStrategy[dict]:
             "shape": st.lists(st.integers(-2, 2**40), max_size=3),
             "data": json_values,
         },
-        optional={
-            "parameters": st.dictionaries(st.sampled_from(["binary_data_size", "binary_data", "x"]), json_values)
-        },
+        optional={"parameters": st.dictionaries(PARAMETER_NAMES, json_values)},
     )
     return st.fixed_dictionaries(
         {"inputs": st.lists(tensor, max_size=4) | json_values},

@@ -91,11 +91,11 @@ class Load:
         return f"{len(failed)} of {len(self.answers):,} failed" + (f" (first: {failed[0].error})" if failed else "")
 
 
-def app_processes(app: str = APP) -> dict[str, int]:
+def app_processes() -> dict[str, int]:
     """The live processes of an application's replicas, and Serve's proxy and controller: name -> pid."""
     processes = {}
     for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000):
-        if actor.class_name.startswith(f"ServeReplica:{app}:") or actor.class_name in ("ProxyActor", "ServeController"):
+        if actor.class_name.startswith(f"ServeReplica:{APP}:") or actor.class_name in ("ProxyActor", "ServeController"):
             processes[actor.name or actor.class_name] = actor.pid
     return processes
 
@@ -144,13 +144,3 @@ def logged_once(storage_uri: str, prefix: str, answered: list[Answer]) -> list[s
     """The logged production ids with that prefix once there are as many as answers, else None."""
     ids = logged_ids(storage_uri, prefix)
     return ids if len(ids) >= len(answered) else None
-
-
-def wait_until(condition, timeout_s: float, interval_s: float = 0.5):
-    """Poll until condition() is truthy; returns its last value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval_s)

@@ -8,7 +8,6 @@ import json
 from collections import Counter
 
 import grpc
-import httpx
 import numpy as np
 import pytest
 import schemathesis
@@ -17,7 +16,6 @@ from hypothesis import strategies as st
 
 from serve_app.demo import request_columns, synthetic_transactions
 from serve_app.protocol.generated import grpc_predict_v2_pb2 as pb
-from serve_app.protocol.generated import grpc_predict_v2_pb2_grpc as pb_grpc
 from serve_app.protocol.rest import request_body
 from tests.conftest import MAX_REQUEST_BYTES
 from tests.helpers import binary_body
@@ -28,8 +26,8 @@ ROW = request_body(request_columns(synthetic_transactions(1, seed=5)))
 LIVE = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 
 
-def _with(name: str, **changes) -> dict:
-    """The valid fraud row with one input changed."""
+def _with(name: str, /, **changes) -> dict:
+    """The valid fraud row with fields of one input changed."""
     return {"inputs": [{**i, **changes} if i["name"] == name else i for i in ROW["inputs"]]}
 
 
@@ -84,14 +82,10 @@ CASES = {
 def test_bad_requests_get_a_clear_4xx_and_serving_goes_on(client, case, reliability):
     body, headers, status, named = CASES[case]
     row = reliability("Bad input", f"HTTP: {case}")
-    try:
-        response = client.post(FRAUD, content=body, headers=headers)
-    except httpx.HTTPError as error:  # e.g. the server closing a connection whose length it refused
-        pytest.fail(f"no answer: {error!r}")
+    response = client.post(FRAUD, content=body, headers=headers)
     row.measured["answer"] = f"{response.status_code} {response.text[:90]}".replace("\n", " ")
     assert response.status_code == status, response.text
-    if named is not None:
-        assert named in response.json()["error"], response.text
+    assert named in response.json()["error"], response.text
     assert client.post(FRAUD, json=ROW).status_code == 200
 
 
@@ -137,16 +131,9 @@ def test_schema_driven_fuzzing_finds_no_5xx(served, reliability):
     assert len(statuses) >= 5 * len(operations) and any(400 <= s < 500 for s in statuses)
 
 
-def _mutated(index: int, key: str, value) -> dict:
-    """The valid fraud row with one field of one input replaced."""
-    inputs = [dict(i) for i in ROW["inputs"]]
-    inputs[index % len(inputs)][key] = value
-    return {"inputs": inputs}
-
-
 near_valid = st.builds(
-    _mutated,
-    st.integers(0, 7),
+    lambda name, key, value: _with(name, **{key: value}),
+    st.sampled_from([i["name"] for i in ROW["inputs"]]),
     st.sampled_from(["name", "datatype", "shape", "data", "parameters"]),
     json_values | st.sampled_from(DATATYPES) | st.lists(st.integers(-1, 3), max_size=3),
 )
@@ -190,13 +177,7 @@ def test_generated_json_and_binary_requests_never_get_a_5xx(client, reliability)
 CLIENT_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
-@pytest.fixture(scope="module")
-def grpc_stub(grpc_target):
-    with grpc.insecure_channel(grpc_target) as channel:
-        yield pb_grpc.GRPCInferenceServiceStub(channel)
-
-
-def test_generated_grpc_requests_get_client_error_codes(grpc_stub, reliability):
+def test_generated_grpc_requests_get_client_error_codes(stub, reliability):
     row = reliability("Bad input", "hypothesis: generated gRPC ModelInfer requests (names, types, shapes, raw bytes)")
     metadata = (("application", "serve-app"),)
     codes: Counter = Counter()
@@ -205,7 +186,7 @@ def test_generated_grpc_requests_get_client_error_codes(grpc_stub, reliability):
     @given(request=grpc_infer_requests)
     def infer(request):
         try:
-            grpc_stub.ModelInfer(request, metadata=metadata, timeout=30)
+            stub.ModelInfer(request, metadata=metadata, timeout=30)
             codes["OK"] += 1
         except grpc.RpcError as error:
             codes[error.code().name] += 1
@@ -213,4 +194,4 @@ def test_generated_grpc_requests_get_client_error_codes(grpc_stub, reliability):
 
     infer()
     row.measured["answers"] = ", ".join(f"{n}× {code}" for code, n in sorted(codes.items()))
-    assert grpc_stub.ServerLive(pb.ServerLiveRequest(), metadata=metadata, timeout=30).live
+    assert stub.ServerLive(pb.ServerLiveRequest(), metadata=metadata, timeout=30).live

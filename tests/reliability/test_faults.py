@@ -15,7 +15,8 @@ import yaml
 from ray import serve
 
 from graphs.single_model import build_app as build_single_model_app
-from tests.reliability.harness import Load, app_processes, logged_ids, logged_once, wait_until
+from tests.helpers import metric_total, scrape_metrics, wait_until
+from tests.reliability.harness import APP, Load, app_processes, logged_ids, logged_once
 
 RECOVERY_LIMIT_S = 30.0
 MAX_ERROR_RATE = 0.01
@@ -99,15 +100,12 @@ def test_storage_gone_then_back_serving_goes_on_and_the_log_catches_up(
     ids = wait_until(lambda: logged_once(full_graph_args["storage_uri"], "outage", load.answered), 30)
     row.measured["prediction log"] = f"{len(ids or []):,} rows for {len(load.answered):,} answers"
     assert sorted(ids) == sorted(a.request_id for a in load.answered)
-    failures = wait_until(lambda: _metric(ray_cluster.metrics_url, "ray_serve_app_log_write_failures_total"), 90, 3)
+
+    def failed_writes() -> float:
+        return metric_total(scrape_metrics(ray_cluster.metrics_url), APP, "ray_serve_app_log_write_failures_total")
+
+    failures = wait_until(failed_writes, 90, 3)
     assert failures >= degraded["storage"]["failures"]
-
-
-def _metric(metrics_url: str, name: str) -> float:
-    """The sum of a metric's series for the reliability application (0 until Ray exports it)."""
-    text = httpx.get(metrics_url, timeout=10).text
-    lines = [line for line in text.splitlines() if line.startswith(name + "{") and 'application="reliability"' in line]
-    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
 
 @pytest.fixture

@@ -6,11 +6,12 @@ import os
 import time
 from collections import Counter
 
-from tests.reliability.harness import MIB, Load, MemorySampler, app_processes, logged_once, wait_until
+from tests.helpers import wait_until
+from tests.reliability.harness import MIB, Load, MemorySampler, app_processes, logged_once
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "30"))
 CONCURRENCY = 64
-WARMUP_S = max(15.0, SOAK_SECONDS / 4)
+WARMUP_S = min(max(15.0, SOAK_SECONDS / 4), SOAK_SECONDS / 2)
 """The drift monitor's first checks load its detectors' code and buffers (~150 MiB, within ~10 s)."""
 ALLOWED_GROWTH = 24 * MIB
 """Per process, after warm-up: allocator noise over a short soak, far below a leak of even a few

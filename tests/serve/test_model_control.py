@@ -18,7 +18,7 @@ from serve_app.demo import request_columns, synthetic_transactions
 from serve_app.onboarding import register
 from serve_app.protocol.rest import request_body
 from tests.conftest import ADMIN_TOKEN
-from tests.helpers import Traffic, serve_deploy
+from tests.helpers import Traffic, serve_deploy, wait_until
 
 APP = "control"
 PREFIX = "/control"
@@ -107,7 +107,9 @@ def test_a_new_version_goes_live_under_traffic_without_a_failed_request(deployed
 
         challenger = {"champion": 1, "challenger": 3, "challenger_weight": 0.5, "shadows": [2], "shadow_fraction": 1.0}
         settled(http.put("/v2/models/fraud/experiment/traffic", json=challenger, headers=AUTH))
-        _wait_for(lambda: http.get("/v2/models/fraud/experiment").json()["traffic"]["challenger"]["version"] == 3)
+        assert wait_until(
+            lambda: http.get("/v2/models/fraud/experiment").json()["traffic"]["challenger"]["version"] == 3, 60
+        )
         seen = client.answers.copy()
         time.sleep(3)
         assert client.answers["3"] > seen["3"]  # the challenger answers now
@@ -152,13 +154,5 @@ def settled(response: httpx.Response) -> dict:
     assert response.status_code in (200, 202), response.text
     if response.status_code == 202:
         assert response.json()["state"] == "LOADING"
-        _wait_for(lambda: serve.status().applications[APP].status == "RUNNING", timeout_s=180)
+        assert wait_until(lambda: serve.status().applications[APP].status == "RUNNING", 180)
     return response.json()
-
-
-def _wait_for(condition, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        time.sleep(0.5)

@@ -9,18 +9,16 @@ import re
 import shutil
 import subprocess
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import httpx
 import pytest
-import ray
 from ray import serve
 
 from serve_app.demo import request_columns, synthetic_transactions
 from serve_app.protocol.rest import request_body
 from tests.conftest import ADMIN_TOKEN
-from tests.helpers import serve_deploy
+from tests.helpers import metric_total, replica_log_lines, scrape_metrics, serve_deploy
 
 APP = "ops"
 PREFIX = f"/{APP}"
@@ -64,21 +62,8 @@ def ops_app(ray_cluster, demo_repository, tmp_path_factory):
     serve.delete(APP)
 
 
-def _scrape(metrics_url: str) -> dict[str, list[tuple[dict, float]]]:
-    """Prometheus text, by metric name: (labels, value) per series."""
-    series = defaultdict(list)
-    for line in httpx.get(metrics_url, timeout=10).text.splitlines():
-        match = re.match(r"^(\w+)\{(.*)\} (\S+)$", line)
-        if match:
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2)))
-            series[match.group(1)].append((labels, float(match.group(3))))
-    return series
-
-
 def _total(series: dict, name: str, **labels) -> float:
-    """The sum over this app's series (Serve tags each with its application) with these labels."""
-    labels["application"] = APP
-    return sum(v for found, v in series.get(name, []) if all(found.get(k) == str(x) for k, x in labels.items()))
+    return metric_total(series, APP, name, **labels)
 
 
 def _metric_problems(series: dict) -> list[str]:
@@ -96,7 +81,10 @@ def _metric_problems(series: dict) -> list[str]:
     expect(_total(series, "ray_serve_app_request_failures_total", model="fraud") == 0, "failures")
     latencies = _total(series, "ray_serve_app_request_latency_ms_count", model="fraud", version=1)
     expect(latencies == champion, f"latency count {latencies}")
-    expect(shadowed == 240 and _total(series, "ray_serve_app_shadow_failures_total", model="fraud") == 0, "shadow")
+    expect(
+        shadowed == 240 and _total(series, "ray_serve_app_shadow_failures_total", model="fraud") == 0,
+        "shadow",
+    )
     # v3 is v2's copy: it decides as v2 does, and differs from v1 on a few of v1's rows at most
     disagreed = _total(series, "ray_serve_app_shadow_disagreements_total", model="fraud", version=3)
     expect(disagreed < 240 * 0.2, f"disagreements {disagreed}")
@@ -106,7 +94,10 @@ def _metric_problems(series: dict) -> list[str]:
         expect(rows == answered_by and 1 <= calls <= rows, f"v{version}: {rows} rows, {calls} calls")
         computed = _total(series, "ray_serve_app_compute_ms_count", model="fraud", version=version)
         expect(computed == calls, f"v{version}: {computed} compute times")
-        expect(_total(series, "ray_serve_app_queue_ms_count", model="fraud", version=version) >= 1, "queue times")
+        expect(
+            _total(series, "ray_serve_app_queue_ms_count", model="fraud", version=version) >= 1,
+            "queue times",
+        )
     weights = {labels["arm"]: v for labels, v in series.get("ray_serve_app_experiment_weight", [])
                if labels.get("application") == APP and labels.get("model") == "fraud"}  # fmt: skip
     expect(weights == {"champion": 0.5, "challenger": 0.5}, f"weights {weights}")
@@ -117,7 +108,7 @@ def _metric_problems(series: dict) -> list[str]:
 
 def test_metrics_by_model_version_and_arm_after_traffic(ops_app, ray_cluster):
     deadline = time.monotonic() + 90  # Ray exports each process's metrics every few seconds
-    while (problems := _metric_problems(_scrape(ray_cluster.metrics_url))) and time.monotonic() < deadline:
+    while (problems := _metric_problems(scrape_metrics(ray_cluster.metrics_url))) and time.monotonic() < deadline:
         time.sleep(2)
     assert problems == []
 
@@ -158,20 +149,18 @@ def test_status_page_renders_every_chart_with_data_in_headless_chromium(ops_app)
 
 
 def test_one_structured_log_line_per_request_at_debug_level(ops_app):
-    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
     wanted = dict(ops_app["ids"][:20])
     found = {}
     deadline = time.monotonic() + 30
     while len(found) < len(wanted) and time.monotonic() < deadline:
-        for path in logs.glob(f"replica_{APP}_Router_*.log"):
-            for line in path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                match = re.search(r"id=(\w+)", record.get("message", ""))
-                if record.get("levelname") == "DEBUG" and match and match.group(1) in wanted:
-                    found[match.group(1)] = record["message"]
+        for line in replica_log_lines(APP):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            match = re.search(r"id=(\w+)", record.get("message", ""))
+            if record.get("levelname") == "DEBUG" and match and match.group(1) in wanted:
+                found[match.group(1)] = record["message"]
         time.sleep(1)
     assert found.keys() == wanted.keys()
     for request_id, message in found.items():
@@ -186,8 +175,10 @@ def test_a_promotion_shows_in_the_decision_and_weight_metrics(ops_app, ray_clust
     assert response.status_code == 200, response.text
     deadline = time.monotonic() + 90
     while True:
-        series = _scrape(ray_cluster.metrics_url)
-        promoted = _total(series, "ray_serve_app_experiment_decisions_total", model="fraud", decision="promote")
+        series = scrape_metrics(ray_cluster.metrics_url)
+        promoted = metric_total(
+            series, APP, "ray_serve_app_experiment_decisions_total", model="fraud", decision="promote"
+        )
         weights = {(labels["version"], labels["arm"]): v for labels, v in series["ray_serve_app_experiment_weight"]
                    if labels.get("application") == APP}  # fmt: skip
         if (promoted == 1 and weights.get(("2", "champion")) == 1.0) or time.monotonic() > deadline:

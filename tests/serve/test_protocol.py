@@ -13,7 +13,6 @@ import pytest
 
 from serve_app.demo import ECHO_DATATYPES, request_columns, synthetic_transactions
 from serve_app.protocol.generated import grpc_predict_v2_pb2 as pb
-from serve_app.protocol.generated.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 from serve_app.protocol.raw import tensor_to_raw
 from serve_app.protocol.rest import request_body
 from serve_app.protocol.tensors import NUMPY_DTYPES, datatype_of
@@ -119,13 +118,6 @@ def test_request_timeout_parameter_is_honoured(client):
     assert response.status_code == 504 and "timeout" in response.json()["error"]
     response = client.post("/v2/models/fraud/infer", json={**body, "parameters": {"timeout": "soon"}})
     assert response.status_code == 400 and "parameters.timeout" in response.json()["error"]
-
-
-@pytest.fixture(scope="module")
-def stub(grpc_target):
-    options = [("grpc.max_send_message_length", 16 * 1024 * 1024)]
-    with grpc.insecure_channel(grpc_target, options=options) as channel:
-        yield GRPCInferenceServiceStub(channel)
 
 
 def _grpc_request(model: str, **tensors) -> pb.ModelInferRequest:

@@ -11,7 +11,7 @@ import numpy as np
 from ray import serve
 
 from serve_app.demo import DENSE_IN
-from tests.helpers import serve_deploy
+from tests.helpers import serve_deploy, wait_until
 
 APP = "serverless"
 MODEL_DEPLOYMENT = "dense-v1-model"
@@ -22,13 +22,6 @@ BODY = {"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [2, DENSE_IN],
 def _running_replicas() -> int:
     deployment = serve.status().applications[APP].deployments[MODEL_DEPLOYMENT]
     return deployment.replica_states.get("RUNNING", 0)
-
-
-def _wait_until(condition, what: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} within {timeout_s} s"
-        time.sleep(0.5)
 
 
 def test_a_model_scales_to_zero_and_back_on_the_first_request(ray_cluster, demo_repository, tmp_path):
@@ -44,7 +37,7 @@ def test_a_model_scales_to_zero_and_back_on_the_first_request(ray_cluster, demo_
     url = f"{ray_cluster.http_url}/{APP}/v2/models/dense/infer"
     try:
         serve_deploy(ray_cluster.dashboard_url, application, tmp_path / "serverless.yaml", lambda: True)
-        _wait_until(lambda: _running_replicas() == 0, "no model replica while idle", 30)
+        assert wait_until(lambda: _running_replicas() == 0, 30), "no model replica while idle"
 
         start = time.perf_counter()
         cold = httpx.post(url, json=BODY, timeout=120)
@@ -60,6 +53,6 @@ def test_a_model_scales_to_zero_and_back_on_the_first_request(ray_cluster, demo_
         print(f"scale from zero: first request {cold_s:.2f} s (cold start), the next {1000 * warm_s:.1f} ms")
         assert cold_s > warm_s
 
-        _wait_until(lambda: _running_replicas() == 0, "back to zero replicas when idle", 90)
+        assert wait_until(lambda: _running_replicas() == 0, 90), "back to zero replicas when idle"
     finally:
         serve.delete(APP)
