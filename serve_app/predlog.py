@@ -107,6 +107,8 @@ class ParquetLog:
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._sequence = itertools.count()
+        self._in_flight = 0
+        """Rows taken out of the buffer by a flush and not yet written: still buffered to the outside."""
         self.written = 0
         self.dropped = 0
         self.failures = 0
@@ -127,27 +129,34 @@ class ParquetLog:
     @property
     def buffered(self) -> int:
         with self._lock:
-            return sum(len(rows) for rows in self._rows.values())
+            return self._buffered()
+
+    def _buffered(self) -> int:
+        return self._in_flight + sum(len(rows) for rows in self._rows.values())
 
     def flush(self) -> int:
         """Write everything buffered; returns rows written. Safe to call from any thread."""
         with self._flush_lock:
             with self._lock:
                 pending, self._rows = self._rows, defaultdict(list)
+                self._in_flight = sum(len(rows) for rows in pending.values())
             written = 0
             for table, rows in pending.items():
                 for partition, part in _partitions(rows).items():
                     try:
                         self._write(table, partition, part)
                     except Exception as error:  # storage of any kind can fail in many ways
+                        with self._lock:  # with the rows back, so that failing always shows them buffered
+                            self._rows[table][:0] = part
+                            self._in_flight -= len(part)
+                            self.failing = True
                         self.failures += 1
-                        self.failing = True
                         self.last_error = f"{type(error).__name__}: {error}"
                         logger.warning("prediction log: writing %d rows failed, kept for retry: %s", len(part), error)
-                        with self._lock:
-                            self._rows[table][:0] = part
                         continue
-                    self.failing = False
+                    with self._lock:
+                        self._in_flight -= len(part)
+                        self.failing = False
                     written += len(part)
             self.written += written
             return written
@@ -162,14 +171,15 @@ class ParquetLog:
         self.filesystem.move(f"{folder}/.{name}", f"{folder}/{name}")
 
     def stats(self) -> dict:
-        return {
-            "written": self.written,
-            "buffered": self.buffered,
-            "dropped": self.dropped,
-            "failures": self.failures,
-            "failing": self.failing,
-            "last_error": self.last_error,
-        }
+        with self._lock:  # one consistent picture: failing never shows with an empty buffer
+            return {
+                "written": self.written,
+                "buffered": self._buffered(),
+                "dropped": self.dropped,
+                "failures": self.failures,
+                "failing": self.failing,
+                "last_error": self.last_error,
+            }
 
 
 def _encoded(row: dict[str, Any]) -> dict[str, Any]:

@@ -53,6 +53,22 @@ def test_unwritable_storage_keeps_rows_until_it_is_back(tmp_path):
     assert sorted(read_table(str(tmp_path), PREDICTIONS).column("request_id").to_pylist()) == ["r1", "r2"]
 
 
+def test_rows_being_written_still_count_as_buffered(tmp_path):
+    # /health reads the counts while a flush runs: a failing write must never show an empty buffer.
+    log = ParquetLog(str(tmp_path), "w")
+    for i in range(3):
+        log.record(PREDICTIONS, _row(i))
+    seen_while_writing = []
+
+    def failing_write(*_):
+        seen_while_writing.append(log.buffered)
+        raise OSError("storage away")
+
+    log._write = failing_write
+    assert log.flush() == 0
+    assert seen_while_writing == [3] and log.buffered == 3 and log.stats()["failing"]
+
+
 def test_buffer_is_bounded_and_drops_are_counted(tmp_path, reliability):
     row = reliability("Faults", "storage away while 250 rows arrive for a buffer of 100 (unit)")
     log = ParquetLog(str(tmp_path / "nowhere" / "x"), "w", max_buffered_rows=100)
