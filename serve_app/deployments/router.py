@@ -322,12 +322,11 @@ class Router:
         """What this router replica could not do, beyond answering: storage writes, drift shipping,
         shadows, experiment events. Serving goes on through all of it; `status` says whether any
         is failing now. Error messages stay in the replica's log (they may name paths or buckets)."""
-        log = self.traffic.log.stats() if self.traffic.log is not None else None
         storage = None
-        if log is not None:
-            error_type = log["last_error"].partition(":")[0] if log["last_error"] else None
-            storage = {**{k: log[k] for k in ("written", "buffered", "dropped", "failures", "failing")},
-                       "last_error_type": error_type}  # fmt: skip
+        if self.traffic.log is not None:
+            storage = self.traffic.log.stats()
+            last_error = storage.pop("last_error")
+            storage["last_error_type"] = last_error.partition(":")[0] if last_error else None
         return {
             "status": "degraded" if storage is not None and storage["failing"] else "ok",
             "storage": storage,

@@ -63,6 +63,7 @@ def ops_app(ray_cluster, demo_repository, tmp_path_factory):
 
 
 def _total(series: dict, name: str, **labels) -> float:
+    """This app's total of a metric."""
     return metric_total(series, APP, name, **labels)
 
 
@@ -176,9 +177,7 @@ def test_a_promotion_shows_in_the_decision_and_weight_metrics(ops_app, ray_clust
     deadline = time.monotonic() + 90
     while True:
         series = scrape_metrics(ray_cluster.metrics_url)
-        promoted = metric_total(
-            series, APP, "ray_serve_app_experiment_decisions_total", model="fraud", decision="promote"
-        )
+        promoted = _total(series, "ray_serve_app_experiment_decisions_total", model="fraud", decision="promote")
         weights = {(labels["version"], labels["arm"]): v for labels, v in series["ray_serve_app_experiment_weight"]
                    if labels.get("application") == APP}  # fmt: skip
         if (promoted == 1 and weights.get(("2", "champion")) == 1.0) or time.monotonic() > deadline:
