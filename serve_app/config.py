@@ -190,9 +190,13 @@ class DriftSettings(Strict):
     the scores each version gives that sample."""
 
     mode: Literal["window", "online"] = "window"
-    """window: a test per window of rows (TabularDrift: KS for numeric, Chi-squared for categorical
-    features; KSDrift for scores). online: alibi-detect's online detectors row by row for numeric
-    features and scores (categorical features keep the windowed Chi-squared test)."""
+    """window: a test per window of rows (KS for numeric, Chi-squared for categorical features; KS
+    for scores). online: alibi-detect's online detectors row by row for numeric features and scores
+    (categorical features keep the windowed Chi-squared test); it needs the `drift` extra."""
+    backend: Literal["auto", "alibi", "scipy"] = "auto"
+    """Window mode's tests. auto: alibi-detect (TabularDrift, KSDrift) when it is installed, else the
+    built-in SciPy backend; alibi: require alibi-detect (the `drift` extra); scipy: the built-in
+    backend, the same tests with no source-available code. Either gives the same p-values."""
     window_size: int = Field(1000, ge=20)
     """Rows per check (per version)."""
     window_s: float | None = Field(None, gt=0.0)
@@ -241,6 +245,15 @@ class DriftSettings(Strict):
                              "no window would ever fill")  # fmt: skip
         if self.min_window_size > self.window_size:
             raise ValueError(f"min_window_size {self.min_window_size} exceeds window_size {self.window_size}")
+        return self
+
+    @model_validator(mode="after")
+    def _online_needs_alibi(self) -> DriftSettings:
+        if self.mode == "online" and self.backend == "scipy":
+            raise ValueError(
+                "mode 'online' needs alibi-detect's online detectors, and backend 'scipy' has window mode only: "
+                "use mode 'window', or backend 'auto' or 'alibi' with the drift extra"
+            )
         return self
 
 

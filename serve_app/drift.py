@@ -1,13 +1,15 @@
-"""Drift monitoring over alibi-detect: the inputs a model sees against its reference sample, and the
-scores it gives against the scores it gave that sample.
+"""Drift monitoring: the inputs a model sees against its reference sample, and the scores it gives
+against the scores it gave that sample.
 
 Plain Python (no Ray): the DriftMonitor deployment owns a `DriftMonitor`, the router a `DriftFeed`.
 
 - `FeatureSchema` turns raw request columns into the numeric matrix the detectors take
   (numeric values as they are, categories as codes with an "other" code for unseen ones).
-- `Detectors` are one version's alibi-detect detectors, built from its reference or loaded from a
-  bundle that `serve-app drift fit` wrote beside the version (alibi-detect's own save format,
-  loaded without unsafe mode and refused when it holds pickled objects).
+- `Detectors` are one version's detectors, built from its reference or loaded from a bundle that
+  `serve-app drift fit` wrote beside the version. Two backends (DriftSettings.backend): alibi-detect
+  (the optional `drift` extra; its own save format, loaded without unsafe mode and refused when it
+  holds pickled objects), or the built-in SciPy one of `serve_app.drift_scipy` (window mode; the
+  reference saved as .npy arrays). alibi-detect is imported only when used.
 - `DriftMonitor` gathers rows per (model, version) into windows, checks each window, keeps the
   episode state (K drifting windows in a row raise one alert; a clean window clears it), and
   appends every check to the `drift` Parquet table under the storage URI.
@@ -34,11 +36,12 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import toml
 from pydantic import Field
 
+from serve_app import extras
 from serve_app.config import AlertSettings, DriftSettings, Strict
-from serve_app.errors import RepositoryError
+from serve_app.drift_scipy import WindowTests
+from serve_app.errors import RepositoryError, ServeAppError
 from serve_app.features import BooleanFeature, CategoricalFeature, Preprocessor
 from serve_app.predlog import DRIFT, ParquetLog, read_table
 from serve_app.repository import ModelVersion
@@ -53,6 +56,8 @@ BUNDLE_FILE = "bundle.json"
 UNSAFE_SUFFIXES = (".dill", ".pickle", ".pkl", ".pt", ".pth", ".joblib")
 """alibi-detect's config loader unpickles files like these (dill, torch.load) when a config names them."""
 SAFE_DETECTORS = {"TabularDrift", "KSDrift", "CVMDriftOnline", "MMDDriftOnline"}
+SCIPY_ROLES = ("data", "prediction")
+"""A SciPy bundle is bundle.json and <role>.npy for each of these (the reference arrays), nothing else."""
 REFERENCE_SEED = 0
 
 
@@ -215,9 +220,35 @@ def feature_flags(p_values: np.ndarray, p_val: float, correction: str) -> np.nda
     return flags
 
 
+def correction_threshold(p_values: np.ndarray, p_val: float, correction: str) -> float:
+    """The threshold the correction put on the p-values, as alibi-detect reports it: p_val / n for
+    Bonferroni; for FDR the largest i x p_val / n the i-th smallest p-value is below (p_val / n if none)."""
+    n = len(p_values)
+    if correction == "bonferroni":
+        return p_val / n
+    thresholds = p_val * np.arange(1, n + 1) / n
+    below = np.nonzero(np.sort(p_values) < thresholds)[0]
+    return float(thresholds[below.max()] if below.size else thresholds[0])
+
+
+def choose_backend(settings: DriftSettings) -> str:
+    """'alibi' or 'scipy'; MissingExtra when the settings need alibi-detect and it is not installed."""
+    if settings.mode == "online":  # DriftSettings refuses backend 'scipy' with it
+        try:
+            extras.require("alibi_detect", "drift mode 'online' (alibi-detect's online detectors)")
+        except extras.MissingExtra as error:
+            raise extras.MissingExtra(f"{error}; mode 'window' runs without it (the built-in SciPy backend)") from None
+        return "alibi"
+    if settings.backend == "alibi" or (settings.backend == "auto" and extras.installed("alibi_detect")):
+        extras.require("alibi_detect", "drift backend 'alibi'")
+        return "alibi"
+    return "scipy"
+
+
 def _safe_load(folder: Path):
     """alibi-detect's loader, never in unsafe mode; a bundle with pickled objects is refused
     (its config-driven loader would otherwise unpickle a referenced .dill file)."""
+    import toml  # comes with alibi-detect
     from alibi_detect.saving import load_detector
 
     if not (folder / "config.toml").is_file():
@@ -234,10 +265,40 @@ def _safe_load(folder: Path):
     return load_detector(folder / "config.toml", enable_unsafe_loading=False)
 
 
+def _load_scipy_bundle(folder: Path, schema: FeatureSchema, mode: str) -> dict[str, WindowTests]:
+    """The SciPy backend's reference arrays: exactly bundle.json and <role>.npy per role, plain files.
+    Anything else there is refused rather than skipped: a bundle is written whole by Detectors.save."""
+    expected = {BUNDLE_FILE, *(f"{role}.npy" for role in SCIPY_ROLES)}
+    entries = {p.name: p for p in folder.iterdir()}
+    unexpected = sorted(n for n, p in entries.items() if n not in expected or p.is_symlink() or not p.is_file())
+    missing = sorted(expected - entries.keys())
+    if unexpected or missing:
+        raise RepositoryError(
+            f"drift bundle {folder}: a SciPy bundle is exactly {sorted(expected)} as plain files; "
+            f"refusing it (unexpected: {unexpected}, missing: {missing})"
+        )
+    if mode != "window":
+        raise RepositoryError(f"drift bundle {folder}: the SciPy backend has window mode only, not {mode!r}")
+    columns = {"data": len(schema.features), "prediction": 1}
+    detectors = {}
+    for role in SCIPY_ROLES:
+        try:
+            tests = WindowTests.load(folder / f"{role}.npy", schema.indices("categorical") if role == "data" else ())
+        except ValueError as error:  # pickled, not .npy, not floats
+            raise RepositoryError(f"drift bundle {folder}: refusing {role}.npy: {error}") from None
+        if tests.x_ref.shape[1] != columns[role]:
+            raise RepositoryError(
+                f"drift bundle {folder}: {role}.npy has {tests.x_ref.shape[1]} columns, not {columns[role]}"
+            )
+        detectors[role] = tests
+    return detectors
+
+
 @dataclass
 class Detectors:
-    """One model version's detectors. Window mode: 'data' (TabularDrift) and 'prediction' (KSDrift).
-    Online mode: 'numeric' and 'prediction' (online detectors), 'categorical' (TabularDrift) if any."""
+    """One model version's detectors. Window mode: 'data' (TabularDrift, or WindowTests on the SciPy
+    backend) and 'prediction' (KSDrift, or WindowTests). Online mode (alibi-detect only): 'numeric'
+    and 'prediction' (online detectors), 'categorical' (TabularDrift) if any."""
 
     mode: str
     schema: FeatureSchema
@@ -245,11 +306,20 @@ class Detectors:
     p_val: float
     correction: str
     source: str = "built"
+    backend: str = "alibi"
+    """alibi or scipy: which library the detectors are from."""
 
     @classmethod
     def build(
         cls, schema: FeatureSchema, x_ref: np.ndarray, scores_ref: np.ndarray, settings: DriftSettings
     ) -> Detectors:
+        backend = choose_backend(settings)
+        scores_ref = scores_ref.astype(np.float32).reshape(-1, 1)
+        if backend == "scipy":
+            categorical = schema.indices("categorical")
+            detectors = {"data": WindowTests(x_ref, categorical), "prediction": WindowTests(scores_ref)}
+            return cls(settings.mode, schema, detectors, settings.p_val, settings.correction, backend=backend)
+
         from alibi_detect.cd import KSDrift, TabularDrift
 
         def tabular(columns: list[int]):
@@ -261,7 +331,6 @@ class Detectors:
                 correction=settings.correction,
             )  # fmt: skip
 
-        scores_ref = scores_ref.astype(np.float32).reshape(-1, 1)
         if settings.mode == "window":
             detectors = {
                 "data": tabular(list(range(len(schema.features)))),
@@ -278,34 +347,54 @@ class Detectors:
         return cls(settings.mode, schema, detectors, settings.p_val, settings.correction)
 
     def save(self, folder: str | Path) -> None:
-        """alibi-detect's save_detector per detector, written beside the folder and moved into
-        place, so a server never loads half a bundle; an older bundle there is replaced."""
-        from alibi_detect.saving import save_detector
-
+        """alibi-detect's save_detector per detector, or the SciPy backend's reference arrays as
+        <role>.npy, written beside the folder and moved into place, so a server never loads half a
+        bundle; an older bundle there is replaced."""
         folder = Path(folder)
         staging = folder.with_name(f".{folder.name}-{uuid.uuid4().hex[:8]}")
         staging.mkdir(parents=True)
-        for role, detector in self.detectors.items():
-            save_detector(detector, staging / role)
         bundle = {"mode": self.mode, "schema": self.schema.model_dump(), "p_val": self.p_val,
                   "correction": self.correction, "roles": sorted(self.detectors)}  # fmt: skip
+        if self.backend == "scipy":
+            bundle["backend"] = "scipy"  # without the key, a bundle is alibi-detect's (the older format)
+            for role, tests in self.detectors.items():
+                tests.save(staging / f"{role}.npy")
+        else:
+            from alibi_detect.saving import save_detector
+
+            for role, detector in self.detectors.items():
+                save_detector(detector, staging / role)
         (staging / BUNDLE_FILE).write_text(json.dumps(bundle, indent=1))
         if folder.exists():
             shutil.rmtree(folder)
         staging.rename(folder)
 
     @classmethod
-    def load(cls, folder: str | Path) -> Detectors:
+    def load(cls, folder: str | Path, backend: str = "auto") -> Detectors:
+        """backend: the setting; 'alibi' or 'scipy' refuses a bundle of the other backend."""
         folder = Path(folder)
         try:
             bundle = json.loads((folder / BUNDLE_FILE).read_text())
             schema = FeatureSchema.model_validate(bundle["schema"])
-            detectors = {role: _safe_load(folder / role) for role in bundle["roles"]}
-        except RepositoryError:
+            written_by = bundle.get("backend", "alibi")
+            if backend not in ("auto", written_by):
+                raise RepositoryError(
+                    f"drift bundle {folder}: written by the {written_by!r} backend, but drift.backend is {backend!r}: "
+                    f"fit it again with `serve-app drift fit` under backend {backend!r}"
+                )
+            if written_by == "scipy":
+                detectors = _load_scipy_bundle(folder, schema, bundle["mode"])
+            elif written_by == "alibi":
+                extras.require("alibi_detect", f"the drift bundle {folder} (alibi-detect's format)")
+                detectors = {role: _safe_load(folder / role) for role in bundle["roles"]}
+            else:
+                raise RepositoryError(f"drift bundle {folder}: unknown backend {written_by!r}")
+        except ServeAppError:  # RepositoryError, MissingExtra: already say what is wrong
             raise
         except Exception as error:
             raise RepositoryError(f"drift bundle {folder}: cannot load it: {type(error).__name__}: {error}") from None
-        return cls(bundle["mode"], schema, detectors, bundle["p_val"], bundle["correction"], source=str(folder))
+        mode, p_val, correction = bundle["mode"], bundle["p_val"], bundle["correction"]
+        return cls(mode, schema, detectors, p_val, correction, source=str(folder), backend=written_by)
 
     # -- checking ------------------------------------------------------------------------
 
@@ -332,31 +421,35 @@ class Detectors:
         }
 
     def _tabular(self, role: str, x: np.ndarray, columns: list[int]) -> tuple[dict, bool, float]:
-        result = self.detectors[role].predict(
-            x[:, columns], drift_type="batch", return_p_val=True, return_distance=True
-        )["data"]
-        p_values = np.asarray(result["p_val"], dtype=np.float64)
+        p_values, distances, is_drift, threshold = self._univariate(role, x[:, columns])
         flags = feature_flags(p_values, self.p_val, self.correction)
         features = {}
         for j, i in enumerate(columns):
             feature = self.schema.features[i]
             features[feature.name] = {
                 "kind": feature.kind, "test": "chi2" if feature.kind == "categorical" else "ks",
-                "statistic": _number(result["distance"][j]), "p_value": _number(p_values[j]),
+                "statistic": _number(distances[j]), "p_value": _number(p_values[j]),
                 "is_drift": bool(flags[j]),
             }  # fmt: skip
-        threshold = result["threshold"]
-        threshold = float(np.min(threshold)) if np.ndim(threshold) else float(threshold)
-        return features, bool(result["is_drift"]), threshold
+        return features, is_drift, threshold
 
     def _ks(self, scores: np.ndarray) -> dict[str, Any]:
-        result = self.detectors["prediction"].predict(
-            scores.astype(np.float32).reshape(-1, 1), return_p_val=True, return_distance=True
-        )["data"]
-        return {
-            "test": "ks", "statistic": _number(np.ravel(result["distance"])[0]),
-            "p_value": _number(np.ravel(result["p_val"])[0]), "is_drift": bool(result["is_drift"]),
-        }  # fmt: skip
+        p_values, distances, is_drift, _ = self._univariate("prediction", scores.astype(np.float32).reshape(-1, 1))
+        return {"test": "ks", "statistic": _number(distances[0]), "p_value": _number(p_values[0]), "is_drift": is_drift}
+
+    def _univariate(self, role: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, float]:
+        """Per-column p-values and statistics of a window, whether it drifts after the correction
+        across its columns, and the threshold that correction applied."""
+        detector = self.detectors[role]
+        if self.backend == "scipy":
+            p_values, distances = detector.score(x)
+            p_values = p_values.astype(np.float64)
+            is_drift = bool(feature_flags(p_values, self.p_val, self.correction).any())
+            return p_values, distances, is_drift, correction_threshold(p_values, self.p_val, self.correction)
+        result = detector.predict(x, drift_type="batch", return_p_val=True, return_distance=True)["data"]
+        threshold = float(np.min(result["threshold"]))  # FDR without a finding: the array of its thresholds
+        p_values = np.ravel(np.asarray(result["p_val"], dtype=np.float64))
+        return p_values, np.ravel(result["distance"]), bool(result["is_drift"]), threshold
 
     def _online_window(self, role: str, x: np.ndarray) -> tuple[dict[str, dict], bool]:
         """Feed a window row by row. After a detection the detector starts afresh, so the next
@@ -451,7 +544,7 @@ def detectors_for(version: ModelVersion, settings: DriftSettings) -> Detectors:
     """The bundle beside the version if there is one, else detectors built from its reference."""
     bundle = version.path / BUNDLE_FOLDER
     if (bundle / BUNDLE_FILE).is_file():
-        return Detectors.load(bundle)
+        return Detectors.load(bundle, settings.backend)
     return build_detectors(version, settings)
 
 
@@ -735,6 +828,7 @@ class DriftMonitor:
                 str(s.version): {
                     "arm": s.arm, "detectors": s.status, "source": s.detectors.source if s.detectors else None,
                     "mode": s.detectors.mode if s.detectors else settings.mode,
+                    "backend": s.detectors.backend if s.detectors else None,
                     **s.counters(), "rows_pending": s.pending_rows, "window_size": settings.window_size,
                     "last": s.last, "history": list(s.history),
                 }
