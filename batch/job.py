@@ -218,12 +218,14 @@ class Scorer:
 
         repo = ModelRepository(repository)
         self.versions = [repo.version(model, v) for v in versions]
-        self.runners = [load_runner(v.config, v.model_file, v.precision) for v in self.versions]
+        gpu_ids = [str(i) for i in ray.get_gpu_ids()]  # num_gpus_per_actor as Ray assigned it: CUDA when given one
+        self.runners = [load_runner(v.config, v.model_file, v.precision, len(gpu_ids)) for v in self.versions]
         self.pass_through = pass_through
         self.filesystem, self.side_root = open_storage(side_uri)
         self.detectors = detectors_for(self.versions[0], DriftSettings.model_validate(drift)) if drift else None
         node = ray.get_runtime_context().get_node_id()
-        self._write("_actors", pa.table({"node_id": [node], "pid": [os.getpid()]}))
+        devices = {"gpu_ids": [",".join(gpu_ids)], "device": [self.runners[0].device]}
+        self._write("_actors", pa.table({"node_id": [node], "pid": [os.getpid()], **devices}))
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         batch = batch.rename(columns={"path": SOURCE_COLUMN})
@@ -393,6 +395,7 @@ def _summary(plan: JobPlan, filesystem, root: str, parts: list[str], skipped: in
         "rows": rows, "error_rows": len(errors), "seconds": round(elapsed, 2),
         "rows_per_s": round(rows / elapsed, 1) if elapsed > 0 else None,
         "nodes": sorted(set(actors["node_id"])) if len(actors) else [],
+        "devices": sorted(set(actors["device"])) if "device" in actors else [],
         "errors_by_reason": errors["error"].value_counts().head(10).to_dict() if len(errors) else {},
     }  # fmt: skip
     if len(plan.versions) > 1 and parts:

@@ -60,7 +60,9 @@ class Instances(Strict):
     num_replicas: int = Field(1, ge=1)
     num_cpus: float = Field(1.0, ge=0.0)
     num_gpus: float = Field(0.0, ge=0.0)
-    """Fractions let several models share one GPU."""
+    """GPUs each replica reserves (fractions let several models share one GPU): the default for
+    `ray_actor_options.num_gpus`, which a Serve config may replace. A replica runs on CUDA exactly
+    when Ray gave it a GPU, whichever of the two reserved it."""
 
 
 class VersionPolicy(Strict):
@@ -82,9 +84,15 @@ class RuntimeOptions(Strict):
     intra_op_num_threads: int | None = Field(None, ge=1)
     """Threads for one model call; default: the replica's num_cpus, at least one."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    """auto: the GPU when one is really usable and num_gpus > 0, else the CPU."""
+    """auto: CUDA when Ray gave the replica a GPU, else the CPU (a GPU given but unusable: one
+    warning, then the CPU). cpu: the CPU whatever was given. cuda: CUDA, and a replica without a
+    usable GPU fails to start, naming this setting."""
     tensorrt: bool = False
-    """ONNX Runtime only: ask for the TensorRT provider ahead of CUDA (needs TensorRT's libraries)."""
+    """ONNX Runtime on a GPU only: ask for the TensorRT provider ahead of CUDA (needs TensorRT's
+    libraries); engines are cached per model version and built for 1 to max_batch_size rows."""
+    tensorrt_cache_dir: str | None = None
+    """TensorRT only: where engines are cached, in <model>/<version> under it; default:
+    tensorrt_cache/ beside each version's model file."""
     tensorrt_precision: Literal["fp32", "fp16", "int8"] = "fp32"
     """TensorRT only: let it build FP16 or INT8 kernels (trt_fp16_enable / trt_int8_enable)."""
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"

@@ -321,7 +321,9 @@ def build_torch_copy(root: str | Path, source: str, name: str, file_format: str 
     """`<name>` v1: a PyTorch twin of `<source>`'s latest fp32 dense ONNX version (same weights, same
     preprocessor, reference and validation set), as TorchScript (pt) or a torch.export program
     (pt2): the PyTorch side of quantisation and export, on a model whose AUC is known."""
-    import torch
+    from serve_app.extras import require
+
+    torch = require("torch", "a PyTorch copy of a demo model")
 
     from serve_app.repository import ModelRepository
 

@@ -27,6 +27,7 @@ import yaml
 
 from serve_app.config import NAME_PATTERN, ModelConfig
 from serve_app.errors import InvalidInput
+from serve_app.extras import require
 from serve_app.features import Preprocessor
 from serve_app.repository import PREPROCESSOR_FILE, REFERENCE_FILE, ModelRepository, ModelVersion
 
@@ -190,7 +191,7 @@ def export(
 ) -> dict:
     """Export a TorchScript (.pt) or torch.export (.pt2) model to ONNX with a dynamic batch, check
     ONNX Runtime against PyTorch on the example rows, and register it."""
-    import torch
+    torch = require("torch", "serve-app export")
 
     torch_file = Path(torch_file)
     try:

@@ -33,6 +33,7 @@ import onnx
 import pandas as pd
 
 from serve_app.errors import InvalidInput, RepositoryError
+from serve_app.extras import require
 from serve_app.onboarding import commit_version, model_inputs, staged_version
 from serve_app.repository import VARIANT_FILE, ModelRepository, ModelVersion
 
@@ -109,7 +110,7 @@ def _target_device(source: ModelVersion, to: str) -> str:
             f"--to int8-static: {name} is a PyTorch model; its variants are int8-dynamic (CPU), fp16 (GPU) or "
             "bf16; for static INT8, export it to ONNX first (serve-app export)"
         )
-    import torch
+    torch = require("torch", f"a variant of the PyTorch model '{name}'")
 
     if to == "int8-dynamic":
         return "cpu"  # PyTorch's dynamically quantised kernels exist for the CPU only

@@ -21,6 +21,7 @@ from graphs.champion_challenger import build_app
 from serve_app.config import RAY_SERVE_ENV
 from serve_app.demo import build_demo_repository
 from serve_app.protocol.generated.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+from serve_app.runtime.devices import cuda_device_count
 from tests.reliability_table import pytest_runtest_makereport, pytest_sessionfinish, reliability  # noqa: F401
 
 LOCAL_CONFIG = Path(__file__).parents[1] / "configs" / "local.yaml"
@@ -69,9 +70,12 @@ def ray_cluster() -> Cluster:
     for key, value in RAY_SERVE_ENV.items():  # before Ray starts: every process it starts inherits them
         os.environ.setdefault(key, value)
     dashboard_port, metrics_port = _free_port(), _free_port()
-    # More logical CPUs than cores: replicas mostly wait, and CI has two cores.
+    # More logical CPUs than cores: replicas mostly wait, and CI has two cores. One logical GPU
+    # where there is none: Ray assigns it to a replica as it would a real one (its id, its
+    # CUDA_VISIBLE_DEVICES), so placement by what Ray gave is tested (tests/serve/test_gpu_placement.py).
     ray.init(
         num_cpus=8,
+        num_gpus=max(1, cuda_device_count()),
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         dashboard_port=dashboard_port,

@@ -8,7 +8,7 @@ from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import DriftSettings
-from serve_app.deployments.logs import warnings_at_once
+from serve_app.deployments.logs import replica_logging
 from serve_app.drift import DriftMonitor, deliver_alert
 from serve_app.repository import ModelRepository
 
@@ -33,7 +33,7 @@ class DriftMonitorDeployment:
         versions: list[tuple[str, int]],
         experiments: DeploymentHandle | None = None,
     ):
-        warnings_at_once()
+        replica_logging()
         repo = ModelRepository(repository)
         self.monitor = DriftMonitor(
             {model: DriftSettings.model_validate(s) for model, s in settings.items()},

@@ -6,7 +6,7 @@ import logging
 from ray import serve
 
 from serve_app.config import ExperimentSettings, TrafficSettings
-from serve_app.deployments.logs import warnings_at_once
+from serve_app.deployments.logs import replica_logging
 from serve_app.deployments.metrics import ExperimentMetrics
 from serve_app.experiment_store import ExperimentStore
 
@@ -21,7 +21,7 @@ class ExperimentDeployment:
     ({"traffic": {model: TrafficSettings}}), so ops change weights live with `serve deploy`."""
 
     def __init__(self, storage_uri: str, settings: dict[str, dict], feedback_window_requests: int = 200_000):
-        warnings_at_once()
+        replica_logging()
         self.store = ExperimentStore(
             storage_uri,
             {model: ExperimentSettings.model_validate(s) for model, s in settings.items()},

@@ -5,10 +5,11 @@ import os
 import time
 
 import numpy as np
+import ray
 from ray import serve
 
 from serve_app.config import DynamicBatching
-from serve_app.deployments.logs import warnings_at_once
+from serve_app.deployments.logs import flush_replica_log, replica_logging
 from serve_app.deployments.metrics import ModelMetrics
 from serve_app.errors import InvalidInput
 from serve_app.protocol.tensors import batch_size, check_inputs
@@ -25,15 +26,19 @@ class ModelDeployment:
     def __init__(self, repository: str, model: str, version: int, preprocess: bool = False):
         """preprocess: predict() takes the raw inputs and runs the version's preprocessor first
         (preprocessing: in_model), instead of a preprocessor replica's tensors."""
-        warnings_at_once()
+        replica_logging()
         model_version = ModelRepository(repository).version(model, version)
         self.config = model_version.config
         self.preprocessor = model_version.preprocessor if preprocess else None
-        self.runner = load_runner(self.config, model_version.model_file, model_version.precision)
+        # The GPUs Ray gave this replica decide its device, whoever reserved them (config.yaml or a
+        # Serve config's ray_actor_options): one source of truth.
+        self.gpu_ids = ray.get_gpu_ids()
+        self.runner = load_runner(self.config, model_version.model_file, model_version.precision, len(self.gpu_ids))
         self.stats = BatchStats()
         self.gate = IdleGate()
         self.metrics = ModelMetrics(model, version)
         self.reconfigure(self.config.dynamic_batching.model_dump())  # until user_config says otherwise
+        flush_replica_log()
 
     def reconfigure(self, user_config: dict) -> None:
         settings = DynamicBatching.model_validate(user_config)
@@ -74,7 +79,7 @@ class ModelDeployment:
         return {**self.stats.as_dict(), **self.batching.model_dump()}
 
     def describe(self) -> dict:
-        return {**self.runner.describe(), "pid": os.getpid()}
+        return {**self.runner.describe(), "pid": os.getpid(), "gpu_ids": [str(i) for i in self.gpu_ids]}
 
     def ready(self) -> bool:
         return True

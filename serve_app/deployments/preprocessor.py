@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 from ray import serve
 
-from serve_app.deployments.logs import warnings_at_once
+from serve_app.deployments.logs import replica_logging
 from serve_app.repository import ModelRepository
 
 
@@ -12,7 +12,7 @@ class PreprocessorDeployment:
     """Raw named inputs -> the model's tensor, for one model version."""
 
     def __init__(self, repository: str, model: str, version: int):
-        warnings_at_once()
+        replica_logging()
         self.preprocessor = ModelRepository(repository).version(model, version).preprocessor
 
     async def transform(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

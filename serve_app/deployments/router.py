@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 
 from serve_app import __version__
 from serve_app.config import GraphArgs, TrafficSettings
-from serve_app.deployments.logs import warnings_at_once
+from serve_app.deployments.logs import replica_logging
 from serve_app.deployments.metrics import RouterMetrics
 from serve_app.deployments.redeploy import redeploy
 from serve_app.drift import DriftFeed
@@ -272,7 +272,7 @@ class Router:
         drift: the drift monitor, for the models in settings.drift;
         app_args: the application's args as the graph builder resolved them, to deploy it again
         changed (load, unload, traffic)."""
-        warnings_at_once()
+        replica_logging()
         self.settings = GraphArgs.model_validate(settings)
         self.app_args = app_args
         self.started_at = time.time()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import math
 from pathlib import Path
 
@@ -12,7 +15,7 @@ from serve_app.config import ModelConfig
 from serve_app.errors import InvalidInput, RepositoryError
 from serve_app.protocol.tensors import NUMPY_DTYPES
 from serve_app.runtime.base import Runner, logger
-from serve_app.runtime.devices import cuda_device_count, wants_gpu
+from serve_app.runtime.devices import cuda_device_count, cuda_libraries, placement
 
 # ONNX Runtime's names for tensor element types, by protocol datatype.
 _ORT_TYPES = {
@@ -22,27 +25,77 @@ _ORT_TYPES = {
     "FP16": "tensor(float16)", "FP32": "tensor(float)", "FP64": "tensor(double)",
     "BYTES": "tensor(string)",
 }  # fmt: skip
+TENSORRT_CACHE_FOLDER = "tensorrt_cache"
+"""Beside the model file: TensorRT engines and timing caches of that version."""
 
 
-def choose_providers(config: ModelConfig) -> tuple[list, str]:
-    """Providers to ask for, and why, decided before any session is made."""
-    available = ort.get_available_providers()
-    if not wants_gpu(config.runtime.device, config.instances.num_gpus):
-        return ["CPUExecutionProvider"], "no GPU requested"
-    if "CUDAExecutionProvider" not in available:
-        return ["CPUExecutionProvider"], "this ONNX Runtime build has no CUDA provider"
+def cuda_problem() -> str | None:
+    """Why ONNX Runtime's CUDA provider cannot run here, or None when it can."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return "this ONNX Runtime build has no CUDA provider (install onnxruntime-gpu)"
     if cuda_device_count() == 0:
-        return ["CPUExecutionProvider"], "no usable CUDA device"
-    gpu_providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if config.runtime.tensorrt and "TensorrtExecutionProvider" in available:
-        precision = config.runtime.tensorrt_precision
-        options = {"trt_fp16_enable": precision == "fp16", "trt_int8_enable": precision == "int8"}
-        return [("TensorrtExecutionProvider", options), *gpu_providers], f"CUDA device found, TensorRT {precision}"
-    return gpu_providers, "CUDA device found"
+        return "the CUDA driver reports no usable device"
+    major = build_cuda_major()
+    _preload_cuda_libraries()
+    missing = [name for name, found in cuda_libraries(major).items() if not found]
+    if missing:
+        return f"CUDA {major} libraries not found: {', '.join(missing)} (pip install 'serve-app[cuda]')"
+    return None
+
+
+def build_cuda_major() -> int:
+    """The CUDA major version this onnxruntime-gpu was built for (its libraries must match)."""
+    return int((getattr(ort, "cuda_version", "") or "12").split(".")[0])
+
+
+@functools.cache
+def _preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the `cuda` extra's wheels, else the system's, without importing torch
+    (which would load them too, at the cost of hundreds of MB per replica)."""
+    if hasattr(ort, "preload_dlls"):
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints what it cannot load: cuda_problem says it
+            ort.preload_dlls(cuda=True, cudnn=True, msvc=False, directory="")
+
+
+def tensorrt_options(config: ModelConfig, model_file: Path) -> dict:
+    """TensorRT's provider options: engines cached per model version (built once, not per process),
+    and one shape profile from 1 to max_batch_size rows, so no batch size the replica meets makes
+    TensorRT build a new engine."""
+    runtime = config.runtime
+    if runtime.tensorrt_cache_dir:
+        cache = Path(runtime.tensorrt_cache_dir) / config.name / model_file.parent.name
+    else:
+        cache = model_file.parent / TENSORRT_CACHE_FOLDER
+    cache.mkdir(parents=True, exist_ok=True)
+    options = {
+        "trt_fp16_enable": runtime.tensorrt_precision == "fp16",
+        "trt_int8_enable": runtime.tensorrt_precision == "int8",
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache),
+    }
+    if all(d > 0 for spec in config.inputs for d in spec.dims[1:]):  # profiles need every other dim fixed
+        for key, rows in (("min", 1), ("opt", config.dynamic_batching.max_batch_size), ("max", config.max_batch_size)):
+            options[f"trt_profile_{key}_shapes"] = ",".join(
+                f"{spec.name}:{'x'.join(str(d) for d in [rows, *spec.dims[1:]])}" for spec in config.inputs
+            )
+    return options
+
+
+def choose_providers(config: ModelConfig, device: str, model_file: Path) -> list:
+    """The providers to ask for on `device` ('cuda' or 'cpu'), TensorRT first where asked and built in."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if config.runtime.tensorrt and "TensorrtExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, ("TensorrtExecutionProvider", tensorrt_options(config, model_file)))
+    return providers
 
 
 class OnnxRunner(Runner):
-    def __init__(self, config: ModelConfig, model_file: Path):
+    def __init__(self, config: ModelConfig, model_file: Path, gpus_given: int | None = None):
+        """gpus_given: the GPUs Ray assigned to this replica (None outside Ray): see devices.placement."""
         self.config = config
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only; provider fallbacks are logged by us, once
@@ -51,19 +104,36 @@ class OnnxRunner(Runner):
         )
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        providers, reason = choose_providers(config)
+        device = placement(config.name, config.runtime.device, gpus_given)
+        if device == "cuda" and (problem := cuda_problem()):
+            device = self._fall_back_to_cpu(problem)
+        if device == "cpu" and config.runtime.tensorrt:
+            logger.warning("model %s: runtime.tensorrt is set but the model runs on the CPU: no TensorRT", config.name)
         try:
-            self.session = ort.InferenceSession(str(model_file), sess_options=options, providers=providers)
+            self.session = ort.InferenceSession(
+                str(model_file), sess_options=options, providers=choose_providers(config, device, model_file)
+            )
         except Exception as error:  # onnxruntime raises its own untyped errors
             raise RepositoryError(f"{model_file}: ONNX Runtime cannot load the model: {error}") from None
-        in_use = self.session.get_providers()
+        in_use = self.session.get_providers()  # what the session really runs with, not what was asked
+        if device == "cuda" and "CUDAExecutionProvider" not in in_use:
+            self._fall_back_to_cpu("ONNX Runtime could not start its CUDA provider")
+        if device == "cuda" and config.runtime.tensorrt and "TensorrtExecutionProvider" not in in_use:
+            logger.warning("model %s: runtime.tensorrt is set but TensorRT is not available: using CUDA", config.name)
         self.device = "cpu" if in_use[0] == "CPUExecutionProvider" else "cuda:0"
-        logger.info("model %s: ONNX Runtime providers %s (%s)", config.name, in_use, reason)
+        logger.info("model %s: ONNX Runtime providers %s", config.name, in_use)
         self._check_signature(model_file)
         self._output_names = [spec.name for spec in config.outputs]
         self._output_dtypes = {spec.name: NUMPY_DTYPES[spec.datatype] for spec in config.outputs}
         if config.runtime.warmup:
             self.warm_up()
+
+    def _fall_back_to_cpu(self, problem: str) -> str:
+        """runtime.device 'cuda' insists: an error. 'auto' given a GPU: one warning, then the CPU."""
+        if self.config.runtime.device == "cuda":
+            raise RepositoryError(f"model '{self.config.name}': runtime.device is 'cuda' but {problem}")
+        logger.warning("model %s: given a GPU, but %s: running on the CPU instead", self.config.name, problem)
+        return "cpu"
 
     def _check_signature(self, model_file: Path) -> None:
         """The config must describe the graph: a mismatch fails at load, naming the field."""

@@ -18,6 +18,7 @@ from batch.job import _check_room, load_settings, plan_job, run_job
 from serve_app.demo import LABEL, request_columns, synthetic_transactions
 from serve_app.errors import InvalidInput
 from serve_app.protocol.rest import request_body
+from serve_app.runtime.devices import cuda_device_count
 
 ROOT = Path(__file__).parents[2]
 BATCH_CONFIGS = sorted((ROOT / "configs" / "batch").glob("*.yaml"))
@@ -135,6 +136,21 @@ def test_bad_rows_go_to_errors_with_the_reason_and_the_job_goes_on(serve_config,
         "'merchant_category' is missing or not a string",
     ]
     assert len(scored(tmp_path / "out")) == 197  # readers of the output never see the side folders
+
+
+def test_an_actor_runs_where_ray_placed_it(serve_config, ray_cluster, tmp_path):
+    """num_gpus_per_actor reserves the session's logical GPU (tests/conftest.py): the actor is given
+    it and, with no usable device behind it here, says so and scores on the CPU."""
+    frame = transactions(50, seed=13)
+    summary = run_job(
+        plan(serve_config, write(frame, tmp_path / "in.parquet"), tmp_path / "out", num_gpus_per_actor=0.5)
+    )
+    actors = pd.read_parquet(next((tmp_path / "out").glob("part-*/_actors")))
+    assert actors["gpu_ids"].tolist() == ["0"] and summary["rows"] == 50
+    if cuda_device_count() == 0:
+        assert summary["devices"] == ["cpu"]
+    else:
+        assert summary["devices"] == ["cuda:0"]
 
 
 def test_a_rerun_skips_files_already_done(serve_config, ray_cluster, tmp_path):

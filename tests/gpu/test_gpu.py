@@ -35,8 +35,9 @@ def wide(demo_repository, tmp_path_factory):
     root = tmp_path_factory.mktemp("gpu") / "repository"
     shutil.copytree(demo_repository / "fraud", root / "fraud")
     build_wide_model(root, epochs=2)
-    config = (root / WIDE_MODEL_NAME / "config.yaml").read_text()
-    (root / WIDE_MODEL_NAME / "config.yaml").write_text(config.replace("num_gpus: 0", "num_gpus: 0.5"))
+    for model in ("fraud", WIDE_MODEL_NAME):
+        config = (root / model / "config.yaml").read_text()
+        (root / model / "config.yaml").write_text(config.replace("num_gpus: 0", "num_gpus: 0.5"))
     return root
 
 
@@ -63,17 +64,25 @@ def test_an_fp16_variant_runs_on_the_gpu_and_keeps_its_accuracy(wide):
 
 
 def test_two_models_share_one_gpu_in_serve(ray_cluster, wide):
+    """fraud v1 and fraud-wide v1, half a GPU each. Named versions: the fp16 test above adds a newer
+    version of fraud-wide, which `latest: 1` would serve instead of v1."""
     import ray
 
     if ray.cluster_resources().get("GPU", 0) < 1:
         pytest.skip("the Ray cluster sees no GPU")
-    serve.run(build_app({"repository": str(wide), "models": [WIDE_MODEL_NAME]}), name="gpu", route_prefix="/gpu")
+    args = {
+        "repository": str(wide),
+        "models": ["fraud", WIDE_MODEL_NAME],
+        "versions": {"fraud": [1], WIDE_MODEL_NAME: [1]},
+    }
+    serve.run(build_app(args), name="gpu", route_prefix="/gpu")
     try:
         with httpx.Client(base_url=ray_cluster.http_url + "/gpu", timeout=60) as http:
-            metadata = http.get(f"/v2/models/{WIDE_MODEL_NAME}/versions/1").json()
-            assert metadata["parameters"]["execution_provider"] == "CUDAExecutionProvider"
             body = request_body(request_columns(synthetic_transactions(8, seed=5)))
-            assert http.post(f"/v2/models/{WIDE_MODEL_NAME}/infer", json=body).status_code == 200
+            for model in ("fraud", WIDE_MODEL_NAME):
+                metadata = http.get(f"/v2/models/{model}/versions/1").json()
+                assert metadata["parameters"]["execution_provider"] == "CUDAExecutionProvider", metadata
+                assert http.post(f"/v2/models/{model}/versions/1/infer", json=body).status_code == 200
     finally:
         serve.delete("gpu")
 
@@ -92,7 +101,6 @@ def test_pytorch_fp16_and_bf16_variants_run_on_cuda(wide):
         report = quantize(wide, "wide-torch", 1, target, max_accuracy_drop=0.005)
         assert report["measured_on"]["device"] == "cuda:0"
         version = ModelRepository(wide).version("wide-torch", report["version"])
-        runner = load_runner(version.config.model_copy(update={"instances": version.config.instances.model_copy(
-            update={"num_gpus": 0.5})}), version.model_file, version.precision)  # fmt: skip
+        runner = load_runner(version.config, version.model_file, version.precision, gpus_given=1)
         assert runner.device == "cuda:0" and runner._dtype is dtype
         assert runner.predict(rows)["fraud_probability"].shape == (64,)

@@ -47,10 +47,11 @@ def test_onnx_runner_matches_the_arithmetic(onnx_file):
 
 def test_cpu_is_chosen_without_a_usable_gpu(onnx_file, monkeypatch):
     # The driver is asked for devices; here it answers none, as it does on a machine without a GPU.
+    monkeypatch.setattr("serve_app.runtime.devices.cuda_device_count", lambda: 0)
     monkeypatch.setattr("serve_app.runtime.onnx.cuda_device_count", lambda: 0)
-    assert choose_providers(config())[0] == ["CPUExecutionProvider"]
-    runner = load_runner(config(instances={"num_gpus": 0.5}), onnx_file)
-    # A GPU was asked for, none is usable: the runner falls back to the CPU.
+    assert choose_providers(config(), "cpu", onnx_file) == ["CPUExecutionProvider"]
+    runner = load_runner(config(instances={"num_gpus": 0.5}), onnx_file, gpus_given=1)
+    # A GPU was given, none is usable: the runner falls back to the CPU.
     assert runner.describe()["providers"] == ["CPUExecutionProvider"] and runner.device == "cpu"
 
 
