@@ -27,11 +27,17 @@ def scores(root: Path, version: int, frame: pd.DataFrame, model: str = "fraud") 
     return runner.predict(found.preprocessor.transform(request_columns(frame)))["fraud_probability"]
 
 
+def demo_auc(root: Path, version: int) -> float:
+    """The validation AUC the demo build measured for a fraud version (its metrics.json)."""
+    return json.loads((root / "fraud" / "metrics.json").read_text())[str(version)]["auc"]
+
+
 def test_int8_dynamic_is_registered_as_the_next_version_with_its_report(fraud_repository, capsys):
     assert cli.main(["quantize", "--repository", str(fraud_repository), "--model", "fraud", "--version", "2",
                      "--to", "int8-dynamic", "--max-accuracy-drop", "0.01"]) == 0  # fmt: skip
     out = capsys.readouterr().out
-    assert "registered as fraud v3" in out and "| auc on the validation set | 0.859017 |" in out
+    trained_auc = demo_auc(fraud_repository, 2)  # what this machine's training gave: BLAS-dependent
+    assert "registered as fraud v3" in out and f"| auc on the validation set | {trained_auc} |" in out
     v3 = ModelRepository(fraud_repository).version("fraud", 3)
     assert v3.precision == "int8" and v3.variant == {"precision": "int8", "source_version": 2, "method": "int8-dynamic"}
     report = json.loads((v3.path / "quantization.json").read_text())
@@ -119,7 +125,7 @@ def test_pytorch_int8_dynamic_quantises_the_linear_layers(fraud_repository, file
     version = ModelRepository(fraud_repository).version("fraud-torch", 2)
     assert version.model_file.name == "model.pt" and version.precision == "int8"
     assert "quantized::linear_dynamic" in str(torch.jit.load(str(version.model_file)).inlined_graph)
-    assert report["accuracy"]["before"] == 0.859017 and report["accuracy"]["drop"] < 0.01
+    assert report["accuracy"]["before"] == demo_auc(fraud_repository, 2) and report["accuracy"]["drop"] < 0.01
     assert report["measured_on"] == {"platform": "pytorch_libtorch", "device": "cpu"}
     assert report["size_ratio"] < 0.6
     difference = np.abs(
