@@ -3,26 +3,29 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 REPOSITORY ?= model_repository
-# torch is pinned and installed first: where a local CPU wheel of it lies (find-links in pip's
-# config), pip takes that one, and the project's own install then needs nothing more of torch.
-TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# The extras the development environment has; `make install CUDA=1` adds `cuda` (on a CUDA machine: the CUDA
+# and cuDNN libraries ONNX Runtime's CUDA provider loads). Each set of extras has its own stamp file.
+comma := ,
+EXTRAS := dev,torch,drift$(if $(filter 1,$(CUDA)),$(comma)cuda)
+INSTALLED := $(VENV)/.installed$(if $(filter 1,$(CUDA)),-cuda)
 
-.PHONY: install demo run test soak audit lock lint format bench bench-env proto clean
+.PHONY: install demo run test check-install soak audit lock lint format bench bench-env proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# requirements.lock pins every package to the versions tested together (make lock writes it).
-$(VENV)/.installed: pyproject.toml requirements.lock | $(BIN)/python
+# requirements.lock pins every package to the versions tested together (make lock writes it). Its
+# torch==2.13.0 also matches a local build such as 2.13.0+cpu, which pip takes where one lies in a
+# find-links folder of its config; elsewhere torch comes from the index.
+$(INSTALLED): pyproject.toml requirements.lock | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet '$(TORCH_SPEC)'
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[$(EXTRAS)]'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(INSTALLED)
 
-$(REPOSITORY)/fraud/config.yaml: | $(VENV)/.installed
+$(REPOSITORY)/fraud/config.yaml: | $(INSTALLED)
 	$(BIN)/serve-app demo build --out $(REPOSITORY)
 
 demo: $(REPOSITORY)/fraud/config.yaml
@@ -34,8 +37,14 @@ RAY_SERVE_ENV := RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_DIRECT_INGRES
 run: install demo
 	$(RAY_SERVE_ENV) $(BIN)/serve run configs/local.yaml
 
+# The install checks (pytest marker `install`) are left to make check-install.
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m 'not install' $(PYTEST_ARGS)
+
+# A user's install: the project without extras in a fresh virtual environment of $(PYTHON), serving
+# the demo (tests/install/test_lean_install.py); it writes test-output/install-sizes.json.
+check-install: install
+	INSTALL_PYTHON='$(PYTHON)' $(BIN)/python -m pytest -s -m install tests/install $(PYTEST_ARGS)
 
 # The reliability suite's soak, longer: 64 clients for SOAK_SECONDS (README, "Reliability").
 SOAK_SECONDS ?= 600
@@ -46,8 +55,15 @@ soak: install
 audit: install
 	$(BIN)/python scripts/audit.py
 
+# requirements.lock: exact pins of every package of every extra, one lock for every Python from 3.10
+# up (--universal: a marker where a pin differs by Python or platform), resolved on the public index
+# (uv reads no pip config). uv prefers the pins already in its output file, so it starts from what is
+# installed and tested here (pip freeze, local labels such as +cpu dropped: the index has no such builds).
 lock: install
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^#' > requirements.lock
+	$(BIN)/python -m pip freeze --all --exclude-editable | sed 's/+[^ ;]*//' > $(VENV)/lock.txt
+	$(BIN)/uv pip compile --quiet pyproject.toml --all-extras --universal --python-version 3.10 \
+		--python $(BIN)/python --no-annotate --custom-compile-command 'make lock' --output-file $(VENV)/lock.txt
+	mv $(VENV)/lock.txt requirements.lock
 
 lint: install
 	$(BIN)/ruff check .
