@@ -10,7 +10,7 @@ comma := ,
 EXTRAS := dev,torch,drift$(if $(filter 1,$(CUDA)),$(comma)cuda)
 INSTALLED := $(VENV)/.installed$(if $(filter 1,$(CUDA)),-cuda)
 
-.PHONY: install demo run test check-install soak audit lock lint format bench bench-env proto clean
+.PHONY: install demo run test check-install soak reliability-report audit lock lint format bench bench-env proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,7 +49,11 @@ check-install: install
 # The reliability suite's soak, longer: 64 clients for SOAK_SECONDS (README, "Reliability").
 SOAK_SECONDS ?= 600
 soak: install
-	SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m pytest --timeout=0 tests/reliability/test_load.py $(PYTEST_ARGS)
+	SERVE_APP_README_TABLE=1 SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m pytest --timeout=0 tests/reliability/test_load.py $(PYTEST_ARGS)
+
+# The reliability suite, its table written into the README (a plain make test writes it to test-output/ only).
+reliability-report: install
+	SERVE_APP_README_TABLE=1 $(BIN)/python -m pytest tests/reliability $(PYTEST_ARGS)
 
 # Known vulnerabilities in requirements.lock; accepted ones live in security/accepted-vulnerabilities.txt.
 audit: install

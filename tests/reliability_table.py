@@ -6,18 +6,22 @@ A test asks for the `reliability` fixture, says what it tries, and adds what it 
         row = reliability("Faults", "a model replica killed under load")
         row.measured["client errors"] = "0 of 1,234"
 
-Whether the test passed fills the "held" column. At the end of the session the rows of the tests
-that ran replace their rows in the README (matched by area and what was tried); other rows stay.
+Whether the test passed fills the "held" column. At the end of the session the table of the tests
+that ran goes to test-output/reliability.md (git-ignored): a plain test run leaves the checkout as it
+was. `make reliability-report` (and `make soak`) set SERVE_APP_README_TABLE=1, and then the rows also
+replace their rows in the README (matched by area and what was tried); other rows stay.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 README = Path(__file__).parents[1] / "README.md"
+REPORT = Path(__file__).parents[1] / "test-output" / "reliability.md"
 BEGIN = "<!-- reliability-table: written by the tests (tests/reliability_table.py) -->"
 END = "<!-- reliability-table: end -->"
 HEADER = ["| Area | What was tried | Held | Measured |", "|---|---|---|---|"]
@@ -73,7 +77,11 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_sessionfinish(session):
-    if _rows and README.exists():
+    if not _rows:
+        return
+    REPORT.parent.mkdir(exist_ok=True)
+    REPORT.write_text(merged(f"{BEGIN}\n{END}\n", list(_rows.values())))
+    if os.environ.get("SERVE_APP_README_TABLE") == "1" and README.exists():
         README.write_text(merged(README.read_text(), list(_rows.values())))
 
 
