@@ -289,6 +289,14 @@ class GraphArgs(Strict):
     take (Serve's max_queued_requests; -1: no bound). Beyond it a request gets 503 at once, so an
     overload sheds the excess instead of every request timing out. The router itself queues up to
     max_ongoing_requests_ingress more at Serve's proxy."""
+    merge_before_hop: bool = True
+    """Batching before the hop: the router merges requests for one version that arrive while its calls
+    are in flight into one call (rows concatenated, up to the version's dynamic max_batch_size), so
+    that under load a batch, not each request, pays the hop to the model replica. Each request keeps
+    its own answer, error, timeout and log row. Off: one call per request."""
+    merge_calls_per_replica: int = Field(2, ge=1)
+    """Merged calls in flight per model replica (of config.yaml's instances.num_replicas): one
+    running, the next one gathering."""
     drift: dict[str, DriftSettings] = {}
     """Models whose inputs and scores the drift monitor watches."""
     preprocessing: Literal["in_model", "replica"] = "in_model"

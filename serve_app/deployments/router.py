@@ -56,6 +56,7 @@ from serve_app.protocol.rest import (
 )
 from serve_app.repository import ModelRepository, ModelVersion
 from serve_app.runtime.batching import merge_rows, split_rows
+from serve_app.runtime.merging import QueueFull, RequestMerger
 from serve_app.telemetry import RequestStats, disagrees
 from serve_app.traffic import ROUTING_KEY_HEADER, ShadowQueue, TrafficController
 
@@ -64,6 +65,8 @@ READY_TIMEOUT_S = 5.0
 REPLICA_LOST_RETRIES = 2
 """Times a request is sent again when the replica scoring it died (scoring has no side effects)."""
 BACKGROUND_INTERVAL_S = 1.0
+MERGE_SIZE_SYNC_ROUNDS = 10
+"""Every this many background rounds, the router reads each version's live batch size."""
 SHADOW_TIMEOUT_S = 10.0
 SHADOW_WINDOW_S = 1.0
 """How long mirrored requests gather before they go to their shadow version in one call."""
@@ -216,14 +219,33 @@ def _control_parameters(body: bytes, allowed: set[str]) -> dict:
 
 
 class HandleEndpoint(Endpoint):
-    """A model version served by a Preprocessor deployment (optional) and a Model deployment."""
+    """A model version served by a Preprocessor deployment (optional) and a Model deployment.
+    merge_calls: batching before the hop, with at most this many calls in flight; None: a call per
+    request."""
 
-    def __init__(self, model: ModelVersion, preprocessor: DeploymentHandle | None, runner: DeploymentHandle):
+    def __init__(
+        self,
+        model: ModelVersion,
+        preprocessor: DeploymentHandle | None,
+        runner: DeploymentHandle,
+        merge_calls: int | None = None,
+        max_queued: int | None = None,
+    ):
         super().__init__(model)
         self.preprocessor = preprocessor
         self.model = runner
+        self.merger = None
+        if merge_calls is not None:
+            max_rows = model.config.dynamic_batching.max_batch_size
+            shed = lambda error: isinstance(error, BackPressureError)  # noqa: E731
+            self.merger = RequestMerger(self._call_with_retries, max_rows, merge_calls, max_queued, is_shed=shed)
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.merger is None:
+            return await self._call_with_retries(inputs)
+        return await self.merger.infer(inputs)
+
+    async def _call_with_retries(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for attempt in range(REPLICA_LOST_RETRIES + 1):
             try:
                 return await self._call(inputs)
@@ -277,9 +299,14 @@ class Router:
         self.app_args = app_args
         self.started_at = time.time()
         repo = ModelRepository(self.settings.repository)
-        endpoints = [
-            HandleEndpoint(repo.version(p["model"], p["version"]), p["preprocessor"], p["runner"]) for p in pipelines
-        ]
+        endpoints = []
+        for pipeline in pipelines:
+            version = repo.version(pipeline["model"], pipeline["version"])
+            merge_calls = None
+            if self.settings.merge_before_hop:
+                merge_calls = self.settings.merge_calls_per_replica * version.config.instances.num_replicas
+            queued = None if self.settings.max_queued_requests < 0 else self.settings.max_queued_requests
+            endpoints.append(HandleEndpoint(version, pipeline["preprocessor"], pipeline["runner"], merge_calls, queued))
         self.configs = {e.name: repo.config(e.name) for e in endpoints}
         self.dataplane = DataPlane(endpoints, extensions=EXTENSIONS)
         log = None
@@ -334,6 +361,11 @@ class Router:
             "shadow_failures": self.traffic.shadow_failures,
             "experiment_events_pending": self.traffic.pending_events,
             "experiment_events_dropped": self.traffic.events_dropped,
+            "merging": {
+                f"{e.name}-v{e.version}": e.merger.stats.as_dict()
+                for e in self.dataplane.endpoints
+                if getattr(e, "merger", None) is not None
+            },
         }
 
     @app.get("/v2", response_model=openapi.ServerMetadata)
@@ -412,7 +444,7 @@ class Router:
         start = time.perf_counter()
         try:
             response = await self.dataplane.infer(model, route.version, inference)
-        except BackPressureError as error:  # shed: the version's queue is full (max_queued_requests)
+        except (BackPressureError, QueueFull) as error:  # shed: the version's queue is full (max_queued_requests)
             self.metrics.shed(model)
             logger.debug("request id=%s model=%s shed: %s", inference.id, model, error)
             raise Unavailable(f"model '{model}' is overloaded: {error} Retry later.") from None
@@ -519,14 +551,33 @@ class Router:
                 raise
 
     async def _background_loop(self) -> None:
+        rounds = 0
         while True:
             await asyncio.sleep(BACKGROUND_INTERVAL_S)
+            rounds += 1
+            if rounds % MERGE_SIZE_SYNC_ROUNDS == 0:
+                try:
+                    await self._sync_merge_sizes()
+                except Exception:  # never the loop's end: the log and the experiment sync go on
+                    logger.exception("reading the versions' batch sizes failed")
             # Each on its own: the log is written even while the experiment store is away.
             try:
                 await self._sync_with_experiments()
             except Exception:  # the next round retries
                 logger.exception("syncing with the experiment store failed")
             await self._flush_log()
+
+    async def _sync_merge_sizes(self) -> None:
+        """Merge up to each version's live batch size: `serve deploy` may have changed it
+        (user_config) since config.yaml was read."""
+        for endpoint in self.dataplane.endpoints:
+            if getattr(endpoint, "merger", None) is None:
+                continue
+            try:
+                stats = await asyncio.wait_for(endpoint.model.batch_stats.remote(), READY_TIMEOUT_S)
+                endpoint.merger.max_rows = stats["max_batch_size"]
+            except Exception as error:  # a replica starting or gone: the next round asks again
+                logger.debug("%s v%s: batch size not read: %r", endpoint.name, endpoint.version, error)
 
     async def _sync_with_experiments(self) -> None:
         """Ship request events to the experiment store and take the traffic it decides."""

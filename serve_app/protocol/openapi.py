@@ -78,6 +78,13 @@ class StorageHealth(_Schema):
     last_error_type: str | None = None
 
 
+class MergeHealth(_Schema):
+    requests: int
+    calls: int
+    retried_singly: int
+    largest: int
+
+
 class Health(_Schema):
     status: Literal["ok", "degraded"]
     storage: StorageHealth | None = Field(description="The prediction log; null without a storage URI.")
@@ -85,6 +92,10 @@ class Health(_Schema):
     shadow_failures: int
     experiment_events_pending: int
     experiment_events_dropped: int
+    merging: dict[str, MergeHealth] = Field(
+        description="Batching before the hop, per model version (<model>-v<version>): requests, calls made "
+        "for them, requests sent again alone after a merged call failed, most requests in one call."
+    )
 
 
 class ServerMetadata(_Schema):

@@ -14,7 +14,7 @@ from serve_app.demo import request_columns, synthetic_transactions
 from serve_app.protocol.rest import request_body
 from serve_app.runtime.batching import IdleGate
 from tests.conftest import APP_NAME
-from tests.helpers import serve_deploy
+from tests.helpers import binary_body, serve_deploy
 
 
 async def _concurrent_requests(base_url: str, count: int, prefix: str = "") -> list[int]:
@@ -33,14 +33,23 @@ def _largest_batch_during_burst(handle, base_url: str, count: int, prefix: str) 
     return max(int(size) for size, n in after.items() if n > before.get(size, 0))
 
 
-def test_concurrent_requests_are_batched(served):
+def test_concurrent_requests_are_batched(served, client):
+    """Merged before the hop by the router, and batched again by the model replica."""
     handle = serve.get_deployment_handle("fraud-v2-model", app_name=APP_NAME)
     before = handle.batch_stats.remote().result()
+    health = client.get("/health")
+    assert "merging" in health.json(), health.text
+    merged_before = health.json()["merging"]["fraud-v2"]
     statuses = asyncio.run(_concurrent_requests(served, 96))
     assert statuses == [200] * 96
     after = handle.batch_stats.remote().result()
-    assert after["request_count"] - before["request_count"] == 96
+    merged = client.get("/health").json()["merging"]["fraud-v2"]
+    assert after["inference_count"] - before["inference_count"] == 96  # one row each
     assert after["execution_count"] - before["execution_count"] < 96  # fewer model calls than requests
+    # Every request went through the router's merger (one router replica in this app); how many it
+    # merged depends on how fast they come (tests/unit/test_merging.py holds the call open to see it).
+    assert merged["requests"] - merged_before["requests"] == 96
+    assert merged["calls"] - merged_before["calls"] <= 96
     assert after["max_requests_per_batch"] > 1
 
 
@@ -61,7 +70,8 @@ def _deploy(cluster, root, config_path, **batching) -> None:
         "name": "tuning",
         "route_prefix": "/tuning",
         "import_path": "graphs.single_model:build_app",
-        "args": {"repository": str(root), "models": ["fraud"]},
+        # The replica's own batcher is what this tests: the router sends each request alone.
+        "args": {"repository": str(root), "models": ["fraud"], "merge_before_hop": False},
         "deployments": [{"name": "fraud-v2-model", "user_config": batching}],
     }
 
@@ -150,3 +160,28 @@ def test_requests_arriving_while_the_model_runs_join_one_batch(ray_cluster):
     assert _batches_when_requests_arrive_while_busy(gated=True) == [1, 8]
     ungated = _batches_when_requests_arrive_while_busy(gated=False)
     assert len(ungated) > 2 and sum(ungated) == 9
+
+
+async def _burst_with_one_bad_row(base_url: str, count: int, bad: int) -> list[tuple[int, dict]]:
+    columns = request_columns(synthetic_transactions(1, seed=34))
+    good = binary_body(columns)
+    columns["amount"] = np.array([np.nan], dtype=np.float32)  # the router passes it; the model refuses it
+    nan = binary_body(columns)
+
+    def post(client, body: tuple[bytes, int]):
+        headers = {"Inference-Header-Content-Length": str(body[1])}
+        return client.post("/v2/models/fraud/versions/2/infer", content=body[0], headers=headers)
+
+    async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+        responses = await asyncio.gather(*(post(client, nan if i == bad else good) for i in range(count)))
+    return [(r.status_code, r.json()) for r in responses]
+
+
+def test_a_bad_request_in_a_burst_fails_alone(served, client):
+    """Merged or not, the request with a NaN gets its 422 naming the feature and the others their 200s."""
+    before = client.get("/health").json()["merging"]["fraud-v2"]
+    answers = asyncio.run(_burst_with_one_bad_row(served, 48, bad=20))
+    assert answers[20][0] == 422 and "amount" in answers[20][1]["error"]
+    assert [status for i, (status, _) in enumerate(answers) if i != 20] == [200] * 47
+    after = client.get("/health").json()["merging"]["fraud-v2"]
+    assert after["requests"] - before["requests"] == 48  # every one through the merger
