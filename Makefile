@@ -85,7 +85,9 @@ $(MLSERVER_VENV)/.installed: benchmarks/mlserver-requirements.txt
 	$(MLSERVER_VENV)/bin/python -m pip install --quiet -r benchmarks/mlserver-requirements.txt
 	touch $@
 
+# wrk, the compiled load generator of the throughput points (Debian's package).
 bench-env: $(MLSERVER_VENV)/.installed
+	command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 
 bench: install bench-env
 	$(BIN)/python benchmarks/stacks.py

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -40,15 +42,48 @@ def write_result(result: dict) -> Path:
     return out
 
 
+WRK = shutil.which("wrk")
+"""Debian's wrk (make bench-env installs it): the load generator of every HTTP throughput point."""
+
+
 def drive(
     url: str, body: Path, concurrency: int, duration_s: float, warmup_s: float, headers: dict | None = None
 ) -> dict:
-    """One closed-loop point from loadgen.py, in a process of its own."""
+    """One closed-loop point, from wrk (compiled, so the load generator does not compete with the
+    server for the cores as a Python client would), else from loadgen.py; in a process of its own."""
+    if WRK is not None:
+        return drive_wrk(url, body, concurrency, duration_s, warmup_s, headers or {})
     command = [sys.executable, str(HERE / "loadgen.py"), "--url", url, "--body", str(body)]
     for key, value in (headers or {}).items():
         command += ["--header", f"{key}:{value}"]
     command += ["--concurrency", str(concurrency), "--duration-s", str(duration_s), "--warmup-s", str(warmup_s)]
     return json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+
+
+def drive_wrk(url: str, body: Path, concurrency: int, duration_s: float, warmup_s: float, headers: dict) -> dict:
+    """wrk with `concurrency` connections (two threads at most: two cores here), a warm-up run first."""
+    env = {**os.environ, "WRK_BODY": str(body), "WRK_HEADERS": "\n".join(f"{k}:{v}" for k, v in headers.items())}
+    threads = str(min(2, concurrency))
+
+    def run(seconds: float) -> dict:
+        command = [WRK, "-t", threads, "-c", str(concurrency), "-d", f"{max(1, round(seconds))}s", "--timeout", "30s"]
+        command += ["-s", str(HERE / "wrk_post.lua"), url]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    if warmup_s > 0:
+        run(warmup_s)
+    result = run(duration_s)
+    answered = result["requests"] - result["errors"]
+    return {
+        "concurrency": concurrency,
+        "requests": answered,
+        "errors": result["errors"],
+        "requests_per_s": round(answered / (result["duration_us"] / 1e6), 1),
+        "p50_ms": round(result["p50_us"] / 1000, 2),
+        "p99_ms": round(result["p99_us"] / 1000, 2),
+        "load_generator": "wrk",
+    }
 
 
 def median_point(points: list[dict]) -> dict:

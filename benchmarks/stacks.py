@@ -13,6 +13,7 @@ Stacks (each started in processes of its own, then stopped before the next):
   single    serve-app's single-model graph
   full      serve-app's full graph: challenger at 5%, shadow at 100%, drift monitor on (fraud)
 Variants, to compare settings in one run: single+replica (preprocessing in a replica of its own),
+single+nomerge (the router sends each request alone: no batching before the hop),
 single+ingress=N (the router's max_ongoing_requests), single+batch=N and single+wait=S (the models'
 dynamic_batching max_batch_size and batch_wait_timeout_s;
 +batch=1 is unbatched), single:RAY_SERVE_FLAG=value+... (Ray Serve's environment flags, for that
@@ -20,7 +21,7 @@ stack's cluster); they combine, e.g. single+batch=1+wait=0:RAY_SERVE_THROUGHPUT_
 Models: the demo fraud model (v2, raw transaction columns through its preprocessor) and ffn, a
 38M-parameter feed-forward stack where batching matters. Requests of 1 row and of 256 rows (V2 JSON,
 the same bytes for every stack; --format binary: Triton's binary tensor extension, which only the
-serve-app stacks speak), closed-loop from loadgen.py in a separate process, at each
+serve-app stacks speak), closed-loop from wrk (else loadgen.py) in a separate process, at each
 concurrency for --duration-s after --warmup-s. Peak memory: the RSS of every process of the stack,
 sampled through each point. Writes benchmarks/results/stacks-<date>.json and .md and a plot of
 throughput against p99. The headline per stack: the highest rows/s with p99 under 50 ms.
@@ -169,6 +170,7 @@ class Stack:
         return [sys.executable, str(HERE / "servers" / "ray_stack.py"), "--stack", stack, "--repository",
                 repository, "--storage", str(storage), "--port", str(self.port),
                 "--preprocessing", "replica" if "replica" in options else "in_model",
+                *(["--no-merge"] if "nomerge" in options else []),
                 *(["--max-ongoing-ingress", ingress] if ingress else [])], env  # fmt: skip
 
     def _repository_with(self, batching: dict[str, str]) -> Path:

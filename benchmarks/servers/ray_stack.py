@@ -54,7 +54,9 @@ class Forwarder:
         return await self.model.score.remote(await request.body())
 
 
-def deploy(stack: str, repository: Path, storage: Path, preprocessing: str, max_ongoing_ingress: int | None) -> None:
+def deploy(
+    stack: str, repository: Path, storage: Path, preprocessing: str, max_ongoing_ingress: int | None, merge: bool = True
+) -> None:
     if stack == "vanilla":
         for model, version in SERVED.items():
             app = VanillaModel.bind(str(repository / model / str(version)))
@@ -69,6 +71,7 @@ def deploy(stack: str, repository: Path, storage: Path, preprocessing: str, max_
             "preprocessing": preprocessing}  # fmt: skip
     if max_ongoing_ingress:
         args["max_ongoing_requests_ingress"] = max_ongoing_ingress
+    args["merge_before_hop"] = merge
     if stack == "single":
         from graphs.single_model import build_app
 
@@ -93,6 +96,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--preprocessing", choices=["in_model", "replica"], default="in_model")
     parser.add_argument("--max-ongoing-ingress", type=int, help="the router's max_ongoing_requests")
+    parser.add_argument("--no-merge", action="store_true", help="the router sends each request alone")
     args = parser.parse_args()
     if args.stack in ("single", "full"):  # serve-app as `make run` serves it; vanilla keeps Serve's defaults
         for key, value in RAY_SERVE_ENV.items():
@@ -100,7 +104,7 @@ def main() -> None:
     # Logical CPUs: every stack shares this machine's cores; the graphs only need room to schedule.
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-    deploy(args.stack, args.repository, args.storage, args.preprocessing, args.max_ongoing_ingress)
+    deploy(args.stack, args.repository, args.storage, args.preprocessing, args.max_ongoing_ingress, not args.no_merge)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     print("READY", flush=True)
