@@ -31,7 +31,7 @@ $(REPOSITORY)/fraud/config.yaml: | $(INSTALLED)
 demo: $(REPOSITORY)/fraud/config.yaml
 
 # Ray Serve's high-throughput settings (serve_app/config.py: RAY_SERVE_ENV; README, "Speed").
-RAY_SERVE_ENV := RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_DIRECT_INGRESS=0
+RAY_SERVE_ENV := RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S=30
 
 # serve run configs/local.yaml: starts a local Ray cluster and serves until Ctrl-C.
 run: install demo
@@ -39,10 +39,11 @@ run: install demo
 
 # The install checks (pytest marker `install`) are left to make check-install.
 test: install
-	$(BIN)/python -m pytest -m 'not install' $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m 'not install' --durations=15 $(PYTEST_ARGS)
 
-# A user's install: the project without extras in a fresh virtual environment of $(PYTHON), serving
-# the demo (tests/install/test_lean_install.py); it writes test-output/install-sizes.json.
+# A user's install: requirements.lock resolved from the public index alone for Python 3.10-3.12
+# (tests/install/test_lock.py), and the project without extras in a fresh virtual environment of
+# $(PYTHON), serving the demo (tests/install/test_lean_install.py; test-output/install-sizes.json).
 check-install: install
 	INSTALL_PYTHON='$(PYTHON)' $(BIN)/python -m pytest -s -m install tests/install $(PYTEST_ARGS)
 

@@ -27,6 +27,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+pytestmark = pytest.mark.install  # make check-install (CI): 1-2 minutes of pip, kept out of make test
 ROOT = Path(__file__).parents[2]
 LOCK = Path(os.environ.get("SERVE_APP_LOCK", ROOT / "requirements.lock"))
 PYTHONS = ["3.10", "3.11", "3.12"]
