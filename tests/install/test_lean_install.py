@@ -30,7 +30,7 @@ import psutil
 import pytest
 import yaml
 
-from serve_app.config import RAY_SERVE_ENV, haproxy_side_ports_env
+from serve_app.config import RAY_SERVE_ENV
 from serve_app.demo import dense_layers, request_columns, synthetic_transactions
 from serve_app.features import Preprocessor
 from serve_app.protocol.rest import request_body
@@ -164,8 +164,7 @@ def served(lean, repository, tmp_path_factory) -> str:
     # A Ray temp dir of its own (short: Ray's socket paths must fit 107 bytes), and RAY_ADDRESS=local:
     # ray.init in serve run starts a new cluster, never attaching to another one on this machine.
     ray_temp = Path(tempfile.mkdtemp(prefix="ray-lean-", dir="/tmp"))
-    ray_env = {**RAY_SERVE_ENV, **haproxy_side_ports_env(free_port(), free_port())}
-    env = environment(lean, RAY_ADDRESS="local", RAY_TMPDIR=str(ray_temp), RAY_USAGE_STATS_ENABLED="0", **ray_env)
+    env = environment(lean, RAY_ADDRESS="local", RAY_TMPDIR=str(ray_temp), RAY_USAGE_STATS_ENABLED="0", **RAY_SERVE_ENV)
     url = f"http://127.0.0.1:{http_port}"
 
     def ready() -> bool:
