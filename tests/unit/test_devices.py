@@ -24,6 +24,7 @@ from serve_app.extras import MissingExtra, require
 from serve_app.runtime import load_runner
 from serve_app.runtime.devices import cuda_device_count, cuda_libraries, placement
 from serve_app.runtime.onnx import TENSORRT_CACHE_FOLDER, build_cuda_major, cuda_problem, tensorrt_options
+from tests.unit.test_runtime import config as tiny_config
 
 RNG = np.random.default_rng(1)
 LAYERS = [(RNG.normal(size=(4, 8)), RNG.normal(size=8)), (RNG.normal(size=(8, 1)), RNG.normal(size=1))]
@@ -31,15 +32,8 @@ pytestmark = pytest.mark.skipif(cuda_device_count() > 0, reason="these check the
 
 
 def config(**changes) -> ModelConfig:
-    document = {
-        "name": "tiny",
-        "platform": "onnxruntime_onnx",
-        "max_batch_size": 64,
-        "dynamic_batching": {"max_batch_size": 16},
-        "inputs": [{"name": "x", "datatype": "FP32", "dims": [-1, 4]}],
-        "outputs": [{"name": "score", "datatype": "FP32", "dims": [-1]}],
-    }
-    return ModelConfig.model_validate({**document, **changes})
+    """test_runtime's tiny model, with room for the TensorRT profile's three batch sizes."""
+    return tiny_config(**{"max_batch_size": 64, "dynamic_batching": {"max_batch_size": 16}, **changes})
 
 
 @pytest.fixture
