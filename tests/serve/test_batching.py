@@ -52,7 +52,6 @@ def test_concurrent_requests_go_through_the_merger_and_the_replicas_batcher(serv
     calls = merged["calls"] - merged_before["calls"]
     assert after["request_count"] - before["request_count"] == calls <= 96
     assert after["execution_count"] - before["execution_count"] <= calls
-    assert after["max_requests_per_batch"] > 1
 
 
 def test_the_model_replica_preprocesses_and_matches_http(served, client):
