@@ -224,7 +224,8 @@ class Scorer:
         self.filesystem, self.side_root = open_storage(side_uri)
         self.detectors = detectors_for(self.versions[0], DriftSettings.model_validate(drift)) if drift else None
         node = ray.get_runtime_context().get_node_id()
-        devices = {"gpu_ids": [",".join(gpu_ids)], "device": [self.runners[0].device]}
+        runner = self.runners[0]
+        devices = {"gpu_ids": [",".join(gpu_ids)], "placed_on": [runner.placed_on], "device": [runner.device]}
         self._write("_actors", pa.table({"node_id": [node], "pid": [os.getpid()], **devices}))
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:

@@ -79,7 +79,8 @@ class ModelDeployment:
         return {**self.stats.as_dict(), **self.batching.model_dump()}
 
     def describe(self) -> dict:
-        return {**self.runner.describe(), "pid": os.getpid(), "gpu_ids": [str(i) for i in self.gpu_ids]}
+        gpus = {"gpu_ids": [str(i) for i in self.gpu_ids], "placed_on": self.runner.placed_on}
+        return {**self.runner.describe(), "pid": os.getpid(), **gpus}
 
     def ready(self) -> bool:
         return True

@@ -300,12 +300,12 @@ class Router:
         self.started_at = time.time()
         repo = ModelRepository(self.settings.repository)
         endpoints = []
+        queued = None if self.settings.max_queued_requests < 0 else self.settings.max_queued_requests
         for pipeline in pipelines:
             version = repo.version(pipeline["model"], pipeline["version"])
             merge_calls = None
             if self.settings.merge_before_hop:
                 merge_calls = self.settings.merge_calls_per_replica * version.config.instances.num_replicas
-            queued = None if self.settings.max_queued_requests < 0 else self.settings.max_queued_requests
             endpoints.append(HandleEndpoint(version, pipeline["preprocessor"], pipeline["runner"], merge_calls, queued))
         self.configs = {e.name: repo.config(e.name) for e in endpoints}
         self.dataplane = DataPlane(endpoints, extensions=EXTENSIONS)
@@ -361,11 +361,7 @@ class Router:
             "shadow_failures": self.traffic.shadow_failures,
             "experiment_events_pending": self.traffic.pending_events,
             "experiment_events_dropped": self.traffic.events_dropped,
-            "merging": {
-                f"{e.name}-v{e.version}": e.merger.stats.as_dict()
-                for e in self.dataplane.endpoints
-                if getattr(e, "merger", None) is not None
-            },
+            "merging": {f"{e.name}-v{e.version}": e.merger.stats.as_dict() for e in self._merging_endpoints()},
         }
 
     @app.get("/v2", response_model=openapi.ServerMetadata)
@@ -570,14 +566,15 @@ class Router:
     async def _sync_merge_sizes(self) -> None:
         """Merge up to each version's live batch size: `serve deploy` may have changed it
         (user_config) since config.yaml was read."""
-        for endpoint in self.dataplane.endpoints:
-            if getattr(endpoint, "merger", None) is None:
-                continue
+        for endpoint in self._merging_endpoints():
             try:
                 stats = await asyncio.wait_for(endpoint.model.batch_stats.remote(), READY_TIMEOUT_S)
                 endpoint.merger.max_rows = stats["max_batch_size"]
             except Exception as error:  # a replica starting or gone: the next round asks again
                 logger.debug("%s v%s: batch size not read: %r", endpoint.name, endpoint.version, error)
+
+    def _merging_endpoints(self) -> list[HandleEndpoint]:
+        return [e for e in self.dataplane.endpoints if isinstance(e, HandleEndpoint) and e.merger is not None]
 
     async def _sync_with_experiments(self) -> None:
         """Ship request events to the experiment store and take the traffic it decides."""

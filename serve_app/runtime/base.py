@@ -17,6 +17,8 @@ class Runner(ABC):
     config: ModelConfig
     device: str
     """Where the model really runs, e.g. 'cpu' or 'cuda:0', for metadata and logs."""
+    placed_on: str
+    """'cuda' or 'cpu': where the GPUs given placed it (devices.placement), before any fallback."""
 
     @abstractmethod
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

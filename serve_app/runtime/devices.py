@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 
 from serve_app.errors import RepositoryError
+
+logger = logging.getLogger("serve_app.runtime")
 
 
 @functools.cache
@@ -61,6 +64,15 @@ def placement(model: str, device: str, gpus_given: int | None) -> str:
             "config.yaml, or ray_actor_options.num_gpus / num_gpus_per_actor where a Serve config or batch "
             "job sets it) or set runtime.device to auto"
         )
+    return "cpu"
+
+
+def fall_back_to_cpu(model: str, device: str, problem: str) -> str:
+    """A replica given a GPU it cannot use: runtime.device 'cuda' insists, so an error naming the
+    setting; 'auto' gets one warning naming what is missing, then the CPU."""
+    if device == "cuda":
+        raise RepositoryError(f"model '{model}': runtime.device is 'cuda' but {problem}")
+    logger.warning("model %s: given a GPU, but %s: running on the CPU instead", model, problem)
     return "cpu"
 
 

@@ -77,14 +77,14 @@ class RequestMerger:
     _in_flight: int = 0
 
     async def infer(self, inputs: Tensors) -> Tensors:
-        rows = batch_size(inputs)
         if self._in_flight < self.max_in_flight and not self._queue:
             return await self._alone(inputs)
         if self.max_queued is not None and len(self._queue) >= self.max_queued:
             self._drop_abandoned()
             if len(self._queue) >= self.max_queued:
                 raise QueueFull(f"{len(self._queue)} requests are already waiting for this version")
-        pending = _Pending(inputs, rows, signature(inputs), asyncio.get_running_loop().create_future())
+        answer = asyncio.get_running_loop().create_future()
+        pending = _Pending(inputs, batch_size(inputs), signature(inputs), answer)
         self._queue.append(pending)
         self._dispatch()  # a slot may be free behind requests whose callers gave up
         return await pending.answer  # cancelled by its caller: _dispatch skips it
@@ -94,11 +94,15 @@ class RequestMerger:
         try:
             return await self.call(inputs)
         finally:
-            self.stats.requests += 1
-            self.stats.calls += 1
-            self.stats.largest = max(self.stats.largest, 1)
-            self._in_flight -= 1
-            self._dispatch()
+            self._call_done(requests=1)
+
+    def _call_done(self, requests: int) -> None:
+        """A call slot is free again: count what it carried, then give the slot to the queue."""
+        self.stats.requests += requests
+        self.stats.calls += 1
+        self.stats.largest = max(self.stats.largest, requests)
+        self._in_flight -= 1
+        self._dispatch()
 
     def _drop_abandoned(self) -> None:
         self._queue = deque(p for p in self._queue if not p.answer.done())
@@ -135,8 +139,6 @@ class RequestMerger:
             else:
                 merged, rows = merge_rows([p.inputs for p in group])
                 outputs = split_rows(await self.call(merged), rows)
-        except asyncio.CancelledError:
-            raise
         except Exception as error:
             if len(group) == 1 or self.is_shed(error):
                 for pending in group:
@@ -147,11 +149,7 @@ class RequestMerger:
             for pending, answer in zip(group, outputs):
                 _settle(pending.answer, answer)
         finally:
-            self.stats.requests += len(group)
-            self.stats.calls += 1
-            self.stats.largest = max(self.stats.largest, len(group))
-            self._in_flight -= 1
-            self._dispatch()
+            self._call_done(requests=len(group))
 
     async def _one_by_one(self, group: list[_Pending]) -> None:
         self.stats.retried_singly += len(group)

@@ -15,7 +15,7 @@ from serve_app.config import ModelConfig
 from serve_app.errors import InvalidInput, RepositoryError
 from serve_app.protocol.tensors import NUMPY_DTYPES
 from serve_app.runtime.base import Runner, logger
-from serve_app.runtime.devices import cuda_device_count, cuda_libraries, placement
+from serve_app.runtime.devices import cuda_device_count, cuda_libraries, fall_back_to_cpu, placement
 
 # ONNX Runtime's names for tensor element types, by protocol datatype.
 _ORT_TYPES = {
@@ -104,9 +104,9 @@ class OnnxRunner(Runner):
         )
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        device = placement(config.name, config.runtime.device, gpus_given)
+        device = self.placed_on = placement(config.name, config.runtime.device, gpus_given)
         if device == "cuda" and (problem := cuda_problem()):
-            device = self._fall_back_to_cpu(problem)
+            device = fall_back_to_cpu(config.name, config.runtime.device, problem)
         if device == "cpu" and config.runtime.tensorrt:
             logger.warning("model %s: runtime.tensorrt is set but the model runs on the CPU: no TensorRT", config.name)
         try:
@@ -117,7 +117,7 @@ class OnnxRunner(Runner):
             raise RepositoryError(f"{model_file}: ONNX Runtime cannot load the model: {error}") from None
         in_use = self.session.get_providers()  # what the session really runs with, not what was asked
         if device == "cuda" and "CUDAExecutionProvider" not in in_use:
-            self._fall_back_to_cpu("ONNX Runtime could not start its CUDA provider")
+            fall_back_to_cpu(config.name, config.runtime.device, "ONNX Runtime could not start its CUDA provider")
         if device == "cuda" and config.runtime.tensorrt and "TensorrtExecutionProvider" not in in_use:
             logger.warning("model %s: runtime.tensorrt is set but TensorRT is not available: using CUDA", config.name)
         self.device = "cpu" if in_use[0] == "CPUExecutionProvider" else "cuda:0"
@@ -127,13 +127,6 @@ class OnnxRunner(Runner):
         self._output_dtypes = {spec.name: NUMPY_DTYPES[spec.datatype] for spec in config.outputs}
         if config.runtime.warmup:
             self.warm_up()
-
-    def _fall_back_to_cpu(self, problem: str) -> str:
-        """runtime.device 'cuda' insists: an error. 'auto' given a GPU: one warning, then the CPU."""
-        if self.config.runtime.device == "cuda":
-            raise RepositoryError(f"model '{self.config.name}': runtime.device is 'cuda' but {problem}")
-        logger.warning("model %s: given a GPU, but %s: running on the CPU instead", self.config.name, problem)
-        return "cpu"
 
     def _check_signature(self, model_file: Path) -> None:
         """The config must describe the graph: a mismatch fails at load, naming the field."""

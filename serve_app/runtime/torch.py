@@ -15,7 +15,7 @@ from serve_app.config import ModelConfig
 from serve_app.errors import RepositoryError
 from serve_app.protocol.tensors import NUMPY_DTYPES
 from serve_app.runtime.base import Runner, logger
-from serve_app.runtime.devices import placement
+from serve_app.runtime.devices import fall_back_to_cpu, placement
 
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 VARIANT_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}  # a variant's precision overrides runtime.dtype
@@ -25,13 +25,11 @@ class TorchRunner(Runner):
     def __init__(self, config: ModelConfig, model_file: Path, precision: str = "fp32", gpus_given: int | None = None):
         """gpus_given: the GPUs Ray assigned to this replica (None outside Ray): see devices.placement."""
         self.config = config
-        use_gpu = placement(config.name, config.runtime.device, gpus_given) == "cuda"
+        self.placed_on = placement(config.name, config.runtime.device, gpus_given)
+        use_gpu = self.placed_on == "cuda"
         if use_gpu and not torch.cuda.is_available():
             problem = f"this PyTorch build ({torch.__version__}) cannot use CUDA here"
-            if config.runtime.device == "cuda":
-                raise RepositoryError(f"model '{config.name}': runtime.device is 'cuda' but {problem}")
-            logger.warning("model %s: given a GPU, but %s: running on the CPU instead", config.name, problem)
-            use_gpu = False
+            use_gpu = fall_back_to_cpu(config.name, config.runtime.device, problem) == "cuda"
         if use_gpu and precision == "int8":
             logger.warning("model %s: int8 (dynamic quantisation) runs on the CPU only: not using the GPU", config.name)
             use_gpu = False

@@ -147,6 +147,7 @@ def test_an_actor_runs_where_ray_placed_it(serve_config, ray_cluster, tmp_path):
     )
     actors = pd.read_parquet(next((tmp_path / "out").glob("part-*/_actors")))
     assert actors["gpu_ids"].tolist() == ["0"] and summary["rows"] == 50
+    assert actors["placed_on"].tolist() == ["cuda"]  # the runner was told of the GPU it was given
     if cuda_device_count() == 0:
         assert summary["devices"] == ["cpu"]
     else:

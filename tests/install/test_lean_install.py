@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from serve_app.config import RAY_SERVE_ENV
 from serve_app.demo import dense_layers, request_columns, synthetic_transactions
 from serve_app.features import Preprocessor
 from serve_app.protocol.rest import request_body
+from tests.conftest import _free_port
 from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.install, pytest.mark.timeout(1800)]
@@ -62,12 +62,6 @@ def environment(venv: Path, **extra: str) -> dict[str, str]:
 def size_mib(path: Path) -> float:
     """What `du` counts for `path`, in MiB."""
     return int(run(["du", "-sk", path]).stdout.split()[0]) / 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +150,7 @@ def served(lean, repository, tmp_path_factory) -> str:
     environment's `serve run` in a Ray cluster of its own; the base URL once /v2/health/ready says so."""
     work = tmp_path_factory.mktemp("serve")
     config = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port = _free_port(), _free_port()
     config["http_options"]["port"], config["grpc_options"]["port"] = http_port, grpc_port
     (application,) = config["applications"]
     application["args"].update(repository=str(repository), storage_uri=str(work / "storage"))

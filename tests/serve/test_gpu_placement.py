@@ -44,6 +44,7 @@ def test_a_gpu_reserved_by_the_serve_config_is_the_replicas(ray_cluster, reposit
         serve_deploy(ray_cluster.dashboard_url, application(repository, **override), tmp_path / "c.yaml", lambda: True)
         described = serve.get_deployment_handle("fraud-v1-model", app_name=APP).describe.remote().result()
         assert described["gpu_ids"] == ["0"]  # Ray gave it the GPU the Serve config reserved
+        assert described["placed_on"] == "cuda"  # and the runner was told of it
         body = request_body(request_columns(synthetic_transactions(3, seed=5)))
         answer = httpx.post(f"{ray_cluster.http_url}/{APP}/v2/models/fraud/infer", json=body, timeout=60)
         assert answer.status_code == 200 and len(answer.json()["outputs"][0]["data"]) == 3

@@ -65,6 +65,7 @@ def test_a_gpu_given_but_unusable_is_one_warning_and_the_cpu(onnx_file, caplog):
     with caplog.at_level(logging.INFO, logger="serve_app.runtime"):
         runner = load_runner(config(), onnx_file, gpus_given=1)
     assert runner.device == "cpu" and runner.describe()["providers"] == ["CPUExecutionProvider"]
+    assert runner.placed_on == "cuda"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [
         "model tiny: given a GPU, but the CUDA driver reports no usable device: running on the CPU instead"
