@@ -151,7 +151,7 @@ class Stack:
 
     def command(self) -> tuple[list[str], dict]:
         repository = str(self.workdir / "repository")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE / "servers")])}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE), str(HERE / "servers")])}
         if self.name == "naive":
             models = [f"--model={m}={v}" for m, v in SERVED.items()]
             return [sys.executable, str(HERE / "servers" / "naive.py"), "--repository", repository,

@@ -36,11 +36,28 @@ class TensorSpec(Strict):
         return self
 
 
-RAY_SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+RAY_SERVE_ENV = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S": "30",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
+}
 """Ray Serve's environment for serve-app's cluster (every Ray process reads it at start): Ray's
 high-throughput bundle cuts Serve's CPU per request by 20-30% (benchmarks/results/
-throughput-optimized-*.md); its direct ingress stays off, which would leave a proxy on the head node
-only. `make run`, cluster.yaml, the tests and the benchmark harness set it."""
+throughput-optimized-*.md), and Ray's HAProxy ingress on every node fronts the ingress replicas'
+own ports (direct ingress) on ports 8000 and 9000, where Serve's Python proxy made several Ray
+calls per request: 2-2.5x the requests per second (README, "Speed"). HAProxy's server timeout
+takes the place of the proxy's request_timeout_s (30 s in configs/*.yaml). A stopping Router
+replica drains for 5 s, not Ray's 30 s: that default waits for a cloud load balancer to deregister
+the replica's port, and here only HAProxy fronts it, which Ray reconfigures on every node as soon as
+the replica stops (a live `serve deploy` loses no request either way; the tests hold that). `make
+run`, cluster.yaml, the tests and the benchmark harness set it."""
+
+
+def haproxy_side_ports_env(stats_port: int, metrics_port: int) -> dict[str, str]:
+    """HAProxy's stats and metrics ports for one Ray cluster. Ray's defaults (8404, 9101) are one per
+    machine: a second cluster on the same machine (tests, benchmarks) needs ports of its own."""
+    return {"RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port), "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port)}
 
 
 class DynamicBatching(Strict):

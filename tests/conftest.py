@@ -18,7 +18,7 @@ import yaml
 from ray import serve
 
 from graphs.champion_challenger import build_app
-from serve_app.config import RAY_SERVE_ENV
+from serve_app.config import RAY_SERVE_ENV, haproxy_side_ports_env
 from serve_app.demo import build_demo_repository
 from serve_app.protocol.generated.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 from serve_app.runtime.devices import cuda_device_count
@@ -67,7 +67,8 @@ class Cluster:
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Cluster:
-    for key, value in RAY_SERVE_ENV.items():  # before Ray starts: every process it starts inherits them
+    # Before Ray starts: every process it starts inherits them.
+    for key, value in {**RAY_SERVE_ENV, **haproxy_side_ports_env(_free_port(), _free_port())}.items():
         os.environ.setdefault(key, value)
     dashboard_port, metrics_port = _free_port(), _free_port()
     # More logical CPUs than cores: replicas mostly wait, and CI has two cores. One logical GPU

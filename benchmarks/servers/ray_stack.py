@@ -26,9 +26,10 @@ from ray import serve
 from starlette.requests import Request
 
 sys.path.insert(0, str(Path(__file__).parent))
+from common import free_port
 from plain import PlainScorer
 
-from serve_app.config import RAY_SERVE_ENV
+from serve_app.config import RAY_SERVE_ENV, haproxy_side_ports_env
 
 SERVED = {"fraud": 2, "ffn": 1}
 
@@ -99,7 +100,7 @@ def main() -> None:
     parser.add_argument("--no-merge", action="store_true", help="the router sends each request alone")
     args = parser.parse_args()
     if args.stack in ("single", "full"):  # serve-app as `make run` serves it; vanilla keeps Serve's defaults
-        for key, value in RAY_SERVE_ENV.items():
+        for key, value in {**RAY_SERVE_ENV, **haproxy_side_ports_env(free_port(), free_port())}.items():
             os.environ.setdefault(key, value)
     # Logical CPUs: every stack shares this machine's cores; the graphs only need room to schedule.
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)

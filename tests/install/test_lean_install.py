@@ -16,10 +16,12 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -29,7 +31,7 @@ import psutil
 import pytest
 import yaml
 
-from serve_app.config import RAY_SERVE_ENV
+from serve_app.config import RAY_SERVE_ENV, haproxy_side_ports_env
 from serve_app.demo import dense_layers, request_columns, synthetic_transactions
 from serve_app.features import Preprocessor
 from serve_app.protocol.rest import request_body
@@ -135,19 +137,27 @@ def stop(process: subprocess.Popen, ray_temp: Path) -> None:
             process.wait()
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)  # the session serve run was started in
-    left = [
-        p for p in psutil.process_iter(["cmdline"]) if any(str(ray_temp) in part for part in p.info["cmdline"] or [])
-    ]
+    left = [p for p in psutil.process_iter(["cmdline"]) if _of_cluster(p, ray_temp)]
     for leftover in left:
         with contextlib.suppress(psutil.NoSuchProcess):
             leftover.kill()
     psutil.wait_procs(left, timeout=30)
 
 
+@dataclass
+class Served:
+    """`serve run` of the lean environment: its process, its base URL and the ports clients use."""
+
+    process: subprocess.Popen
+    url: str
+    ports: tuple[int, int]
+    ray_temp: Path
+
+
 @pytest.fixture(scope="module")
-def served(lean, repository, tmp_path_factory) -> str:
+def served(lean, repository, tmp_path_factory) -> Served:
     """configs/local.yaml, on the demo repository, free ports and temporary storage, served by the lean
-    environment's `serve run` in a Ray cluster of its own; the base URL once /v2/health/ready says so."""
+    environment's `serve run` in a Ray cluster of its own, once /v2/health/ready says so."""
     work = tmp_path_factory.mktemp("serve")
     config = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
     http_port, grpc_port = _free_port(), _free_port()
@@ -158,7 +168,8 @@ def served(lean, repository, tmp_path_factory) -> str:
     # A Ray temp dir of its own (short: Ray's socket paths must fit 107 bytes), and RAY_ADDRESS=local:
     # ray.init in serve run starts a new cluster, never attaching to another one on this machine.
     ray_temp = Path(tempfile.mkdtemp(prefix="ray-lean-", dir="/tmp"))
-    env = environment(lean, RAY_ADDRESS="local", RAY_TMPDIR=str(ray_temp), RAY_USAGE_STATS_ENABLED="0", **RAY_SERVE_ENV)
+    ray_env = {**RAY_SERVE_ENV, **haproxy_side_ports_env(_free_port(), _free_port())}
+    env = environment(lean, RAY_ADDRESS="local", RAY_TMPDIR=str(ray_temp), RAY_USAGE_STATS_ENABLED="0", **ray_env)
     url = f"http://127.0.0.1:{http_port}"
 
     def ready() -> bool:
@@ -178,7 +189,7 @@ def served(lean, repository, tmp_path_factory) -> str:
         assert process.poll() is None, f"serve run exited {process.returncode}:\n{output}"
         assert ready(), f"not ready after {READY_DEADLINE_S} s:\n{output}"
         print(f"\nserving {url} after {time.monotonic() - started:.0f} s", flush=True)
-        yield url
+        yield Served(process, url, (http_port, grpc_port), ray_temp)
     finally:
         stop(process, ray_temp)
         shutil.rmtree(ray_temp, ignore_errors=True)
@@ -187,7 +198,7 @@ def served(lean, repository, tmp_path_factory) -> str:
 def test_it_serves_the_demo_and_scores_a_v2_request(served, repository):
     frame = synthetic_transactions(8, seed=5)
     body = request_body(request_columns(frame), request_id="lean-install")
-    response = httpx.post(f"{served}/v2/models/fraud/versions/1/infer", json=body, timeout=60)
+    response = httpx.post(f"{served.url}/v2/models/fraud/versions/1/infer", json=body, timeout=60)
     assert response.status_code == 200, response.text
     answer = response.json()
     assert (answer["model_name"], answer["model_version"], answer["id"]) == ("fraud", "1", "lean-install")
@@ -203,3 +214,22 @@ def test_it_serves_the_demo_and_scores_a_v2_request(served, repository):
         h = h @ weight + bias
         h = np.maximum(h, 0.0) if index < len(layers) - 1 else h
     np.testing.assert_allclose(output["data"], 1.0 / (1.0 + np.exp(-h.ravel())), rtol=1e-4, atol=1e-6)
+
+
+def test_ctrl_c_leaves_nothing_listening_on_the_clients_ports(served):
+    """Last in this module: it stops the server. HAProxy, which holds ports 8000 and 9000 (here free
+    ones), is a child of a Ray actor and must go with the cluster."""
+    served.process.send_signal(signal.SIGINT)
+    served.process.wait(timeout=120)
+    listening = {port: _listening(port) for port in served.ports}
+    leftover = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"]) if _of_cluster(p, served.ray_temp)]
+    assert not any(listening.values()) and not leftover, f"after Ctrl-C: {listening}, processes {leftover}"
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _of_cluster(process: psutil.Process, ray_temp: Path) -> bool:
+    return any(str(ray_temp) in part for part in process.info["cmdline"] or [])

@@ -20,6 +20,7 @@ import httpx
 import pytest
 import yaml
 
+from serve_app.config import haproxy_side_ports_env
 from serve_app.demo import request_columns, synthetic_transactions
 from serve_app.protocol.rest import request_body
 from tests.conftest import LOCAL_CONFIG, _free_port
@@ -28,11 +29,14 @@ from tests.helpers import Traffic
 BIN = Path(sys.executable).parent
 BODY = request_body(request_columns(synthetic_transactions(1, seed=91)))
 START_TIMEOUT_S = 180
+HAPROXY_SIDE_PORTS = haproxy_side_ports_env(_free_port(), _free_port())
+"""This cluster's HAProxy beside the session's."""
 
 
 def _env() -> dict[str, str]:
     """Ray's token authentication on for every node and command (a joining node assumes it is off)."""
-    return {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "token"}
+    inherited = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return {**inherited, **HAPROXY_SIDE_PORTS, "RAY_AUTH_MODE": "token"}
 
 
 def _start_node(args: list[str], log: Path) -> subprocess.Popen:
