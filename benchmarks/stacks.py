@@ -6,12 +6,16 @@
 Stacks (each started in processes of its own, then stopped before the next):
   limit     the model in-process with ONNX Runtime: rows/s at batch 1 and at 256 rows a call
   naive     one FastAPI process under uvicorn calling ONNX Runtime per request (servers/naive.py)
-  vanilla   Ray Serve, one deployment per model, no batching (servers/ray_stack.py --stack vanilla)
+  vanilla   Ray Serve as a competent user deploys it by hand: one deployment per model, @serve.batch,
+            max_ongoing_requests 64, throughput mode, Serve's default ingress (servers/ray_stack.py
+            --stack vanilla); vanilla:RAY_SERVE_ENABLE_HA_PROXY=1 puts Ray's HAProxy in front instead
   hop       vanilla behind one more deployment that forwards the body: what a second hop costs
   mlserver  MLServer with adaptive batching (32 rows, 5 ms), in its own environment
             (benchmarks/.mlserver, made by `make bench-env`), same scorer (servers/mlserver_runtime.py)
   single    serve-app's single-model graph
   full      serve-app's full graph: challenger at 5%, shadow at 100%, drift monitor on (fraud)
+  local     configs/local.yaml under `serve run`, as `make run` serves it (fraud only: its models are
+            the demo's), through Ray's HAProxy ingress (serve_app/config.py: RAY_SERVE_ENV)
 Variants, to compare settings in one run: single+replica (preprocessing in a replica of its own),
 single+nomerge (the router sends each request alone: no batching before the hop),
 single+ingress=N (the router's max_ongoing_requests), single+batch=N and single+wait=S (the models'
@@ -48,6 +52,7 @@ import psutil
 import yaml
 from common import HERE, RESULTS, drive, free_port, result_header, write_result
 
+from serve_app.config import RAY_SERVE_ENV, haproxy_side_ports_env
 from serve_app.demo import BIG_DIMS, build_demo_repository, build_ffn_model, request_columns, synthetic_transactions
 from serve_app.protocol.raw import tensor_to_raw
 from serve_app.protocol.rest import request_body
@@ -59,7 +64,7 @@ from plain import PlainScorer, decode_inputs
 ROOT = HERE.parent
 SLA_MS = 50.0
 MLSERVER = HERE / ".mlserver" / "bin" / "mlserver"
-STACKS = ("naive", "vanilla", "hop", "mlserver", "single", "full")
+STACKS = ("naive", "vanilla", "hop", "mlserver", "single", "full", "local")
 BATCHING_OPTIONS = {"batch": "max_batch_size", "wait": "batch_wait_timeout_s"}
 INGRESS_OPTION = "ingress"
 """single+ingress=N: the router's max_ongoing_requests (GraphArgs.max_ongoing_requests_ingress)."""
@@ -161,6 +166,9 @@ class Stack:
         # single+replica+batch=1: options after '+'; single:RAY_SERVE_X=0+...: Serve's flags
         layout, _, flags = self.name.partition(":")
         env.update(dict(flag.split("=", 1) for flag in flags.split("+") if flag))
+        if layout == "local":  # make run's environment; flags given here win
+            env = {**RAY_SERVE_ENV, **haproxy_side_ports_env(free_port(), free_port()), **env}
+            return [str(Path(sys.executable).parent / "serve"), "run", str(self._local_config())], env
         storage = self.workdir / f"storage-{len(list(self.workdir.glob('storage-*')))}"
         stack, *options = layout.split("+")
         settings = dict(option.split("=", 1) for option in options if "=" in option)
@@ -172,6 +180,21 @@ class Stack:
                 "--preprocessing", "replica" if "replica" in options else "in_model",
                 *(["--no-merge"] if "nomerge" in options else []),
                 *(["--max-ongoing-ingress", ingress] if ingress else [])], env  # fmt: skip
+
+    def _local_config(self) -> Path:
+        """configs/local.yaml on this run's repository, storage and ports."""
+        config = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
+        config["http_options"]["port"], config["grpc_options"]["port"] = self.port, free_port()
+        (application,) = config["applications"]
+        storage = self.workdir / f"storage-{len(list(self.workdir.glob('storage-*')))}"
+        application["args"].update(repository=str(self.workdir / "repository"), storage_uri=str(storage))
+        path = self.workdir / f"{self.name.replace(':', '-')}.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    def serves(self, model: str) -> bool:
+        """Whether this stack serves `model`: configs/local.yaml serves the demo's models only."""
+        return not self.name.startswith("local") or model == "fraud"
 
     def _repository_with(self, batching: dict[str, str]) -> Path:
         """The benchmark repository with other dynamic_batching settings: edited configs, linked versions."""
@@ -253,7 +276,8 @@ class Stack:
             return []
 
     def __exit__(self, *_) -> None:
-        os.killpg(self.process.pid, signal.SIGTERM)
+        # serve run stops on Ctrl-C (SIGINT), the other servers on SIGTERM
+        os.killpg(self.process.pid, signal.SIGINT if self.name.startswith("local") else signal.SIGTERM)
         try:
             self.process.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -273,6 +297,8 @@ def median_run(runs: list[dict]) -> dict:
 def _role(process: psutil.Process) -> str:
     """proxy, the ingress replica, model replicas, other Ray processes, or the server itself."""
     command = process.cmdline() or [process.name()]
+    if process.name() == "haproxy":
+        return "haproxy"
     if "ProxyActor" in command[0]:
         return "proxy"
     if "ServeReplica" in command[0]:
@@ -411,8 +437,10 @@ def main() -> None:
     if args.smoke:
         args.stacks, args.sizes, args.concurrency, args.duration_s, args.warmup_s = "naive,single", "1", "2", 1, 0.5
     stacks = [s for s in args.stacks.split(",") if s]
-    if args.format == "binary" and any(s.split("+")[0].split(":")[0] not in ("single", "full") for s in stacks):
-        parser.error("--format binary: only the serve-app stacks (single, full) speak the binary extension")
+    if args.format == "binary" and any(
+        s.split("+")[0].split(":")[0] not in ("single", "full", "local") for s in stacks
+    ):
+        parser.error("--format binary: only the serve-app stacks (single, full, local) speak the binary extension")
     if "mlserver" in stacks and not MLSERVER.exists():
         print("mlserver: skipped, its environment is missing (make bench-env)", file=sys.stderr)
         stacks.remove("mlserver")
@@ -423,7 +451,7 @@ def main() -> None:
     points = limit(workdir / "repository", {k: v for k, v in bodies.items() if k[0] in models})
     for name in stacks:
         with Stack(name, workdir) as stack:
-            for model in models:
+            for model in filter(stack.serves, models):
                 for rows in sizes:
                     for c in concurrency:
                         runs = [measure(stack, model, rows, bodies[model, rows], c, args) for _ in range(args.repeat)]

@@ -60,3 +60,12 @@ class PlainScorer:
 
     def answer(self, body: bytes) -> dict:
         return encode_outputs(self.score(decode_inputs(json.loads(body))))
+
+    def answer_many(self, bodies: list[bytes]) -> list[dict]:
+        """Several requests in one model call, as a batcher does: rows concatenated, then split back."""
+        requests = [decode_inputs(json.loads(body)) for body in bodies]
+        rows = [len(next(iter(inputs.values()))) for inputs in requests]
+        merged = {name: np.concatenate([inputs[name] for inputs in requests]) for name in requests[0]}
+        bounds = np.cumsum(rows)[:-1]
+        parts = {name: np.split(values, bounds) for name, values in self.score(merged).items()}
+        return [encode_outputs({name: split[i] for name, split in parts.items()}) for i in range(len(bodies))]

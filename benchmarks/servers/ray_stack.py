@@ -2,8 +2,10 @@
 
     python benchmarks/servers/ray_stack.py --stack vanilla|hop|single|full --repository R --port P
 
-vanilla: one deployment per model, no batching, the way the Ray docs' first example serves a model
-(a class whose __call__ takes the HTTP request), with Serve's default settings.
+vanilla: what a competent user deploys by hand: one deployment per model whose __call__ takes the
+         HTTP request, @serve.batch (32 requests, 5 ms: MLServer's settings here), max_ongoing_requests
+         64, Ray's throughput mode, Serve's default ingress (its Python proxy); with
+         RAY_SERVE_ENABLE_HA_PROXY=1 in the environment, behind Ray's HAProxy instead.
 hop:     vanilla with one hop more: an ingress passes the body through a handle to the vanilla model
          deployment. The least any graph with a router in front of its models costs.
 single:  serve-app's single-model graph (router, preprocessor, model with @serve.batch).
@@ -34,16 +36,21 @@ from serve_app.config import RAY_SERVE_ENV, haproxy_side_ports_env
 SERVED = {"fraud": 2, "ffn": 1}
 
 
-@serve.deployment
+VANILLA_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+"""Throughput mode with Serve's default ingress (the mode alone would turn direct ingress on)."""
+
+
+@serve.deployment(max_ongoing_requests=64)
 class VanillaModel:
     def __init__(self, version_dir: str):
         self.scorer = PlainScorer(version_dir)
 
     async def __call__(self, request: Request) -> dict:
-        return self.scorer.answer(await request.body())
+        return await self.score(await request.body())
 
-    async def score(self, body: bytes) -> dict:
-        return self.scorer.answer(body)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def score(self, bodies: list[bytes]) -> list[dict]:
+        return self.scorer.answer_many(bodies)
 
 
 @serve.deployment
@@ -99,9 +106,11 @@ def main() -> None:
     parser.add_argument("--max-ongoing-ingress", type=int, help="the router's max_ongoing_requests")
     parser.add_argument("--no-merge", action="store_true", help="the router sends each request alone")
     args = parser.parse_args()
-    if args.stack in ("single", "full"):  # serve-app as `make run` serves it; vanilla keeps Serve's defaults
-        for key, value in {**RAY_SERVE_ENV, **haproxy_side_ports_env(free_port(), free_port())}.items():
-            os.environ.setdefault(key, value)
+    # serve-app as `make run` serves it, vanilla as above; flags already in the environment win.
+    # HAProxy's stats and metrics ports: free ones, beside any other cluster on this machine.
+    environment = RAY_SERVE_ENV if args.stack in ("single", "full") else VANILLA_ENV
+    for key, value in {**environment, **haproxy_side_ports_env(free_port(), free_port())}.items():
+        os.environ.setdefault(key, value)
     # Logical CPUs: every stack shares this machine's cores; the graphs only need room to schedule.
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
