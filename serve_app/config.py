@@ -296,6 +296,10 @@ class GraphArgs(Strict):
     storage_uri: str | None = None
     """Where the prediction log and experiment state go: a local folder or a pyarrow.fs URI.
     None: no prediction log."""
+    log_max_values: int = Field(4096, ge=0)
+    """Values of a request's inputs (and, apart, of its outputs) that the prediction log keeps whole;
+    beyond it, each tensor is logged as a digest: shape, dtype, SHA-256 of its bytes, first values.
+    Writing every value of a large request as JSON text costs the router more than answering it."""
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     """Largest inference request body (HTTP 413, gRPC RESOURCE_EXHAUSTED beyond it)."""
     max_ongoing_requests_ingress: int = Field(1000, ge=1)

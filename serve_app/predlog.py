@@ -11,6 +11,7 @@ forces out is counted.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import itertools
 import json
 import logging
@@ -77,9 +78,32 @@ DRIFT_SCHEMA = pa.schema(
 SCHEMAS = {PREDICTIONS: PREDICTION_SCHEMA, FEEDBACK: FEEDBACK_SCHEMA, DRIFT: DRIFT_SCHEMA}
 
 
-def tensors_as_json(tensors: dict[str, np.ndarray]) -> str:
-    """Raw tensors as JSON text: the log keeps what the client sent, whatever the model."""
+DIGEST_HEAD_VALUES = 8
+"""Values a digest keeps from the start of each tensor."""
+
+
+def tensors_as_json(tensors: dict[str, np.ndarray], max_values: int | None = None) -> str:
+    """Raw tensors as JSON text: the log keeps what the client sent, whatever the model. Tensors of
+    more than `max_values` values in all are logged as a digest each instead (`_digest`): writing a
+    large request's every value as JSON text costs the router more than answering it."""
+    if max_values is not None and sum(array.size for array in tensors.values()) > max_values:
+        return json.dumps({name: _digest(array) for name, array in tensors.items()}, separators=(",", ":"))
     return json.dumps({name: _jsonable(array) for name, array in tensors.items()}, separators=(",", ":"))
+
+
+def _digest(array: np.ndarray) -> dict:
+    """What identifies a tensor without its values: shape, dtype, the SHA-256 of its bytes (of its
+    values' JSON text for BYTES) and its first values."""
+    if array.dtype.kind == "O":
+        payload = json.dumps(_jsonable(array), separators=(",", ":")).encode()
+    else:
+        payload = np.ascontiguousarray(array).tobytes()
+    return {
+        "shape": list(array.shape),
+        "dtype": str(array.dtype),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "head": _jsonable(array.ravel()[:DIGEST_HEAD_VALUES]),
+    }
 
 
 def _jsonable(array: np.ndarray) -> list:
@@ -99,10 +123,14 @@ def first_score(outputs: dict[str, np.ndarray]) -> float | None:
 
 
 class ParquetLog:
-    def __init__(self, storage_uri: str, writer_id: str, max_buffered_rows: int = 200_000):
+    def __init__(
+        self, storage_uri: str, writer_id: str, max_buffered_rows: int = 200_000, max_logged_values: int | None = None
+    ):
         self.filesystem, self.root = open_storage(storage_uri)
         self.writer_id = writer_id
         self.max_buffered_rows = max_buffered_rows
+        self.max_logged_values = max_logged_values
+        """Tensors of a row with more values than this are logged as digests (None: always whole)."""
         self._rows: dict[str, list[dict]] = defaultdict(list)
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -166,7 +194,8 @@ class ParquetLog:
         folder = f"{self.root}/{table}/model={model}/date={date}"
         self.filesystem.create_dir(folder, recursive=True)
         name = f"{self.writer_id}-{next(self._sequence):06d}.parquet"
-        arrow_table = pa.Table.from_pylist([_encoded(row) for row in rows], schema=SCHEMAS[table])
+        encoded = [_encoded(row, self.max_logged_values) for row in rows]
+        arrow_table = pa.Table.from_pylist(encoded, schema=SCHEMAS[table])
         pq.write_table(arrow_table, f"{folder}/.{name}", filesystem=self.filesystem)
         self.filesystem.move(f"{folder}/.{name}", f"{folder}/{name}")
 
@@ -182,9 +211,9 @@ class ParquetLog:
             }
 
 
-def _encoded(row: dict[str, Any]) -> dict[str, Any]:
+def _encoded(row: dict[str, Any], max_values: int | None) -> dict[str, Any]:
     """Tensors kept as numpy on the request path become JSON text here, in the writing thread."""
-    return {key: tensors_as_json(value) if isinstance(value, dict) else value for key, value in row.items()}
+    return {key: tensors_as_json(value, max_values) if isinstance(value, dict) else value for key, value in row.items()}
 
 
 def _partitions(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:

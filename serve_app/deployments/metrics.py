@@ -3,6 +3,8 @@ counters with a _total suffix). Names and labels are listed in the README's "Met
 
 from __future__ import annotations
 
+from collections import Counter
+
 from ray.serve import metrics
 
 LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
@@ -37,6 +39,9 @@ class RouterMetrics:
         self.log_failures = metrics.Counter("serve_app_log_write_failures", "prediction log writes that failed")
         self.log_buffered = metrics.Gauge("serve_app_log_buffered_rows", "prediction log rows waiting for storage")
         self._log_counted = {"written": 0, "dropped": 0, "failures": 0}
+        self._answered: Counter[tuple[str, int, str]] = Counter()
+        self._failed: Counter[tuple[str, int, str]] = Counter()
+        self._tags: dict[tuple[str, int, str], dict[str, str]] = {}
 
     def log(self, stats: dict) -> None:
         """The prediction log's counts (ParquetLog.stats()), as they stand after a flush."""
@@ -49,12 +54,29 @@ class RouterMetrics:
         self.log_buffered.set(stats["buffered"])
 
     def request(self, model: str, version: int, arm: str, latency_ms: float, ok: bool) -> None:
-        tags = {"model": model, "version": str(version), "arm": arm}
+        """Counted here and added to Ray's counters by flush(): a call per version and arm each
+        second, not one per request (each costs a tag check and a record in Ray's metrics agent)."""
+        key = (model, version, arm)
         if ok:
-            self.requests.inc(tags=tags)
-            self.latency.observe(latency_ms, tags=tags)
+            self._answered[key] += 1
+            self.latency.observe(latency_ms, tags=self._tags_of(key))
         else:
-            self.failures.inc(tags=tags)
+            self._failed[key] += 1
+
+    def flush(self) -> None:
+        """The requests counted since the last flush, into Ray's counters (the router's background
+        loop calls it every second, and once more at shutdown)."""
+        for counts, counter in ((self._answered, self.requests), (self._failed, self.failures)):
+            for key, count in counts.items():
+                counter.inc(count, tags=self._tags_of(key))
+            counts.clear()
+
+    def _tags_of(self, key: tuple[str, int, str]) -> dict[str, str]:
+        tags = self._tags.get(key)
+        if tags is None:
+            model, version, arm = key
+            tags = self._tags[key] = {"model": model, "version": str(version), "arm": arm}
+        return tags
 
     def shed(self, model: str) -> None:
         self.shed_requests.inc(tags={"model": model})

@@ -311,7 +311,8 @@ class Router:
         self.dataplane = DataPlane(endpoints, extensions=EXTENSIONS)
         log = None
         if self.settings.storage_uri is not None:
-            log = ParquetLog(self.settings.storage_uri, f"router-{uuid.uuid4().hex[:12]}")
+            writer = f"router-{uuid.uuid4().hex[:12]}"
+            log = ParquetLog(self.settings.storage_uri, writer, max_logged_values=self.settings.log_max_values)
         self.traffic = TrafficController(log)
         self.experiments = experiments
         for model, traffic in (initial_traffic or {}).items():
@@ -562,6 +563,7 @@ class Router:
             except Exception:  # the next round retries
                 logger.exception("syncing with the experiment store failed")
             await self._flush_log()
+            self.metrics.flush()
 
     async def _sync_merge_sizes(self) -> None:
         """Merge up to each version's live batch size: `serve deploy` may have changed it
@@ -613,6 +615,7 @@ class Router:
             logger.warning("the last experiment events could not be delivered at shutdown")
         if self.drift is not None:
             await self._ship_drift_rows()
+        self.metrics.flush()
 
     async def _flush_log(self) -> None:
         if self.traffic.log is not None:

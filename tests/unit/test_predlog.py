@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 import pyarrow.fs
 import pytest
@@ -36,6 +39,21 @@ def test_inputs_are_kept_as_sent():
     )
     assert first_score({"s": np.array([0.75, 0.1], np.float32)}) == 0.75
     assert first_score({"s": np.array([b"x"], dtype=object)}) is None
+
+
+def test_a_large_request_is_logged_as_a_digest_a_small_one_whole(tmp_path):
+    large = np.arange(5000, dtype=np.float32).reshape(5, 1000)
+    log = ParquetLog(str(tmp_path), "w", max_logged_values=4096)
+    for i, inputs in enumerate([{"x": large}, {"x": large[:4]}]):  # 5,000 values, then 4,000
+        log.record(PREDICTIONS, {**_row(i), "inputs": inputs})
+    assert log.flush() == 2
+    logged = dict(zip(*read_table(str(tmp_path), PREDICTIONS).select(["request_id", "inputs"]).to_pydict().values()))
+    digest = json.loads(logged["r0"])["x"]
+    assert digest == {"shape": [5, 1000], "dtype": "float32", "head": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
+                      "sha256": hashlib.sha256(large.tobytes()).hexdigest()}  # fmt: skip
+    assert json.loads(logged["r1"])["x"] == large[:4].ravel().tolist()
+    strings = np.array([b"US", b"FR"] * 3, dtype=object)
+    assert json.loads(tensors_as_json({"c": strings}, max_values=4))["c"]["head"] == ["US", "FR"] * 3
 
 
 def test_unwritable_storage_keeps_rows_until_it_is_back(tmp_path):
