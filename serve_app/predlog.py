@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import threading
 from collections import defaultdict
 from typing import Any
@@ -88,7 +89,19 @@ def tensors_as_json(tensors: dict[str, np.ndarray], max_values: int | None = Non
     large request's every value as JSON text costs the router more than answering it."""
     if max_values is not None and sum(array.size for array in tensors.values()) > max_values:
         return json.dumps({name: _digest(array) for name, array in tensors.items()}, separators=(",", ":"))
-    return json.dumps({name: _jsonable(array) for name, array in tensors.items()}, separators=(",", ":"))
+    large = {name for name, array in tensors.items() if _as_numpy_text(array)}
+    text = json.dumps({n: _jsonable(a) for n, a in tensors.items() if n not in large}, separators=(",", ":"))
+    if not large:
+        return text
+    floats = [f"{json.dumps(n)}:[{','.join(tensors[n].ravel().astype(str).tolist())}]" for n in large]
+    return text[:-1] + ("," if len(text) > 2 else "") + ",".join(floats) + "}"
+
+
+def _as_numpy_text(array: np.ndarray) -> bool:
+    """Whether numpy writes this tensor's values: finite floats, in the shortest text at their own
+    precision (a float32 as `0.12573022`, not its float64 repr), half the time and text of
+    json.dumps, once there are enough of them to pay for numpy's set-up."""
+    return array.size >= 64 and array.dtype.kind == "f" and bool(np.isfinite(array).all())
 
 
 def _digest(array: np.ndarray) -> dict:
@@ -109,9 +122,10 @@ def _digest(array: np.ndarray) -> dict:
 def _jsonable(array: np.ndarray) -> list:
     if array.dtype.kind == "O":
         return [v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else v for v in array.ravel().tolist()]
-    if array.dtype.kind == "f":
-        return [None if not np.isfinite(v) else v for v in array.ravel().tolist()]
-    return array.ravel().tolist()
+    values = array.ravel().tolist()
+    if array.dtype.kind == "f" and not all(map(math.isfinite, values)):  # JSON has no NaN or infinity: null
+        return [v if math.isfinite(v) else None for v in values]
+    return values
 
 
 def first_score(outputs: dict[str, np.ndarray]) -> float | None:
