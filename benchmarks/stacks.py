@@ -234,9 +234,22 @@ class Stack:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: see {self.workdir / (self.name + '.log')}")
             if self._answers():
+                self._settle()
                 return self
             time.sleep(1)
         raise TimeoutError(f"{self.name} did not answer within 300 s")
+
+    def _settle(self, idle_cores: float = 0.5, window_s: float = 3.0, timeout_s: float = 180.0) -> None:
+        """Wait until the stack's processes together use under `idle_cores` over a window: what a
+        stack still does after its first answer (serve-app's drift monitor building its detectors,
+        Ray starting workers) must not land in the first point."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            before = sum(self.cpu_seconds().values())
+            time.sleep(window_s)
+            if sum(self.cpu_seconds().values()) - before < idle_cores * window_s:
+                return
+        print(f"{self.name}: still busy {timeout_s:g} s after its first answer; measuring anyway", file=sys.stderr)
 
     def _answers(self) -> bool:
         try:
