@@ -11,6 +11,8 @@ import numpy as np
 from ray import serve
 
 from serve_app.demo import request_columns, synthetic_transactions
+from serve_app.protocol.generated import grpc_predict_v2_pb2 as pb
+from serve_app.protocol.raw import tensor_to_raw
 from serve_app.protocol.rest import request_body
 from serve_app.runtime.batching import IdleGate
 from tests.conftest import APP_NAME
@@ -186,3 +188,25 @@ def test_a_bad_request_in_a_burst_fails_alone(served, client):
     assert [status for i, (status, _) in enumerate(answers) if i != 20] == [200] * 47
     after = client.get("/health").json()["merging"]["fraud-v2"]
     assert after["requests"] - before["requests"] == 48  # every one through the merger
+
+
+def test_grpc_requests_go_through_the_merger_each_with_its_own_answer(served, client, stub):
+    """gRPC's ModelInfer takes the same path as HTTP: merged before the hop, split back per request."""
+    rng = np.random.default_rng(41)
+    matrices = [rng.normal(size=(1 + i % 3, 256)).astype(np.float32) for i in range(24)]
+    before = client.get("/health").json()["merging"]["dense-v1"]
+    futures = []
+    for i, matrix in enumerate(matrices):
+        message = pb.ModelInferRequest(model_name="dense", id=f"g-{i}")
+        message.inputs.add(name="INPUT", datatype="FP32", shape=list(matrix.shape))
+        message.raw_input_contents.append(tensor_to_raw(matrix))
+        futures.append(stub.ModelInfer.future(message, timeout=60))
+    answers = [future.result() for future in futures]
+    after = client.get("/health").json()["merging"]["dense-v1"]
+    assert after["requests"] - before["requests"] == len(matrices)
+    for i, (matrix, answer) in enumerate(zip(matrices, answers)):
+        assert answer.id == f"g-{i}" and list(answer.outputs[0].shape) == [len(matrix), 64]
+        scores = np.frombuffer(answer.raw_output_contents[0], np.float32).reshape(len(matrix), 64)
+        alone = client.post("/v2/models/dense/infer", json=request_body({"INPUT": matrix})).json()
+        np.testing.assert_allclose(scores, np.array(alone["outputs"][0]["data"], np.float32).reshape(scores.shape),
+                                   rtol=1e-5, atol=1e-6)  # fmt: skip

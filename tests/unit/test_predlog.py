@@ -52,6 +52,10 @@ def test_a_large_request_is_logged_as_a_digest_a_small_one_whole(tmp_path):
     assert digest == {"shape": [5, 1000], "dtype": "float32", "head": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
                       "sha256": hashlib.sha256(large.tobytes()).hexdigest()}  # fmt: skip
     assert json.loads(logged["r1"])["x"] == large[:4].ravel().tolist()
+    noise = np.random.default_rng(3).standard_normal(300).astype(np.float32)  # numpy's float32 text, read back equal
+    noise[7] = np.nan
+    np.testing.assert_array_equal(np.array(json.loads(tensors_as_json({"n": noise[8:]}))["n"], np.float32), noise[8:])
+    assert json.loads(tensors_as_json({"n": noise}))["n"][7] is None
     strings = np.array([b"US", b"FR"] * 3, dtype=object)
     assert json.loads(tensors_as_json({"c": strings}, max_values=4))["c"]["head"] == ["US", "FR"] * 3
 
