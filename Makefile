@@ -32,7 +32,8 @@ demo: $(REPOSITORY)/fraud/config.yaml
 
 # Ray Serve's high-throughput settings and its HAProxy ingress (serve_app/config.py: RAY_SERVE_ENV; README, "Speed").
 RAY_SERVE_ENV := RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S=30 \
-	RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=5
+	RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=5 RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT=31500 \
+	RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT=32500
 
 # serve run configs/local.yaml: starts a local Ray cluster and serves until Ctrl-C.
 run: install demo

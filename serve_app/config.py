@@ -41,6 +41,8 @@ RAY_SERVE_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S": "30",
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "31500",
+    "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": "32500",
 }
 """Ray Serve's environment for serve-app's cluster (every Ray process reads it at start): Ray's
 high-throughput bundle cuts Serve's CPU per request by 20-30% (benchmarks/results/
@@ -51,7 +53,11 @@ takes the place of the proxy's request_timeout_s (30 s in configs/*.yaml). A sto
 replica drains for 5 s, not Ray's 30 s: that default waits for a cloud load balancer to deregister
 the replica's port, and here only HAProxy fronts it, which Ray reconfigures on every node as soon as
 the replica stops (a live `serve deploy` loses no request either way; the tests hold that). `make
-run`, cluster.yaml, the tests and the benchmark harness set it."""
+run`, cluster.yaml, the tests and the benchmark harness set it. The Router replicas' gRPC ports
+(31500-32500, not Ray's 40000-41000) stay below Linux's ephemeral range (32768-60999), where Serve's
+replica-to-replica gRPC servers take OS-assigned ports, and gRPC binds with SO_REUSEPORT. Once, a
+router's calls to its experiments replica were answered UNIMPLEMENTED ("Method not found") for
+minutes, as from a Router's inference server on the same port: the likely cause, kept apart here."""
 
 
 def haproxy_side_ports_env(stats_port: int, metrics_port: int) -> dict[str, str]:
