@@ -26,7 +26,7 @@ from common import demo_workdir, drive, median_point, result_header, round_fits,
 from ray import serve
 
 from graphs.champion_challenger import build_app
-from serve_app.deployments.router import BACKGROUND_INTERVAL_S
+from serve_app.gateway import BACKGROUND_INTERVAL_S
 from serve_app.predlog import PREDICTIONS, read_table
 
 HERE = Path(__file__).parent

@@ -38,7 +38,7 @@ def _repository_check(args: argparse.Namespace) -> int:
 
 
 def _shadow_report(args: argparse.Namespace) -> int:
-    from serve_app.shadow_report import compare, load_logs, render_html
+    from serve_app.shadow.report import compare, load_logs, render_html
 
     predictions, feedback = load_logs(args.storage, args.model)
     if predictions.empty:

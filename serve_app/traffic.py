@@ -107,29 +107,3 @@ class TrafficController:
         room = self._events.maxlen - len(self._events)
         self.events_dropped += max(0, len(events) - room)
         self._events.extendleft(reversed(events[-room:] if room else []))
-
-
-class ShadowQueue:
-    """Mirrored requests wait here briefly and go to each shadow version together, in one call.
-
-    On a small machine every serving hop costs CPU that production requests also need; one hop
-    per batch of mirrored requests instead of one per request keeps shadows off the clients' time.
-    """
-
-    def __init__(self, max_pending: int = 20_000):
-        self.max_pending = max_pending
-        self._pending: dict[tuple[str, int], list[tuple[InferenceRequest, float | None]]] = {}
-        self.size = 0
-        self.skipped = 0
-
-    def add(self, model: str, version: int, request: InferenceRequest, production_score: float | None) -> None:
-        """production_score: what production answered, to compare the shadow's decision with."""
-        if self.size >= self.max_pending:
-            self.skipped += 1  # shadows are best effort: production never waits for room here
-            return
-        self._pending.setdefault((model, version), []).append((request, production_score))
-        self.size += 1
-
-    def take(self) -> dict[tuple[str, int], list[tuple[InferenceRequest, float | None]]]:
-        pending, self._pending, self.size = self._pending, {}, 0
-        return pending

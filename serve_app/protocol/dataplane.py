@@ -19,12 +19,16 @@ from serve_app.protocol.messages import InferenceRequest, InferenceResponse
 from serve_app.protocol.tensors import check_inputs
 from serve_app.repository import ModelVersion
 from serve_app.runtime import Runner
+from serve_app.runtime.merging import RequestMerger
 
 SERVER_NAME = "serve-app"
 
 
 class Endpoint(ABC):
     """One served model version, as the protocol describes it."""
+
+    merger: RequestMerger | None = None
+    """Batching before the hop, when the version runs in another process."""
 
     def __init__(self, model: ModelVersion):
         self.name = model.name
@@ -41,6 +45,14 @@ class Endpoint(ABC):
 
     async def ready(self) -> bool:
         return True
+
+    async def describe(self) -> dict | None:
+        """Where the version runs (device, platform, providers), if it can tell."""
+        return None
+
+    async def batch_stats(self) -> dict | None:
+        """The version's batcher: its live max_batch_size and what it has batched, if it has one."""
+        return None
 
     def metadata(self) -> dict:
         return {

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.config import Datatype
@@ -142,7 +144,24 @@ def infer_request_body() -> dict:
     }
 
 
+INFER_ROUTE = {"response_model": InferenceResponse, "responses": ERRORS, "openapi_extra": infer_request_body()}
+"""What both infer routes declare."""
+
+
 def request_components() -> dict:
     """Component schemas of the request body, for the routes that describe it by hand."""
     schema = InferenceRequest.model_json_schema(ref_template=REF_TEMPLATE)
     return {**schema.pop("$defs", {}), "InferenceRequest": schema}
+
+
+def describe_requests(app: FastAPI) -> None:
+    """/openapi.json with the request schemas that the infer routes' hand-written bodies refer to."""
+
+    def schema() -> dict:
+        if app.openapi_schema is None:
+            document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            document.setdefault("components", {}).setdefault("schemas", {}).update(request_components())
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = schema

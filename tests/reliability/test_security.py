@@ -149,9 +149,9 @@ def test_nothing_unpickles_what_it_is_given(reliability):
 
 
 def test_the_token_is_compared_in_constant_time():
-    source = (ROOT / "serve_app" / "deployments" / "router.py").read_text()
+    source = (ROOT / "serve_app" / "protocol" / "http.py").read_text()
     authorize = next(
-        node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.FunctionDef) and node.name == "_authorize"
+        node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.FunctionDef) and node.name == "authorize"
     )
     calls = {ast.unparse(node.func) for node in ast.walk(authorize) if isinstance(node, ast.Call)}
     assert "hmac.compare_digest" in calls

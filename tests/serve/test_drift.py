@@ -21,8 +21,8 @@ from ray import serve
 from graphs.champion_challenger import build_app
 from graphs.single_model import DRIFT_DEPLOYMENT
 from serve_app.demo import LABEL, request_columns, synthetic_transactions
-from serve_app.deployments.router import BACKGROUND_INTERVAL_S
 from serve_app.drift import drift_history
+from serve_app.gateway import BACKGROUND_INTERVAL_S
 from serve_app.protocol.rest import request_body
 
 APP = "drift"

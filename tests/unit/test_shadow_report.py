@@ -16,7 +16,7 @@ from serve_app.predlog import FEEDBACK, PREDICTIONS, ParquetLog, tensors_as_json
 from serve_app.protocol.dataplane import LocalEndpoint
 from serve_app.repository import ModelRepository
 from serve_app.runtime import load_runner
-from serve_app.shadow_report import compare, load_logs, ndcg_at_k, relevant_items
+from serve_app.shadow.report import compare, load_logs, ndcg_at_k, relevant_items
 
 ROWS = 1_500
 NOTEBOOK = Path(__file__).parents[2] / "notebooks" / "shadow_evaluation.ipynb"

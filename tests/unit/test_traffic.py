@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from serve_app.config import TrafficSettings
-from serve_app.deployments.router import _chunks_by_rows
 from serve_app.protocol.messages import InferenceRequest
-from serve_app.traffic import DIRECT, ShadowQueue, TrafficController
+from serve_app.shadow.mirror import ShadowQueue, chunks_by_rows
+from serve_app.traffic import DIRECT, TrafficController
 
 
 def _request(rows: int = 1, request_id: str | None = None) -> InferenceRequest:
@@ -53,5 +53,5 @@ def test_shadow_queue_groups_by_version_and_is_bounded():
 
 def test_shadow_chunks_respect_the_rows_a_version_takes():
     mirrored = [(_request(rows), 0.5) for rows in (3, 3, 2, 5, 1)]
-    chunks = _chunks_by_rows(mirrored, max_rows=6)
+    chunks = chunks_by_rows(mirrored, max_rows=6)
     assert [[r.inputs["x"].shape[0] for r, _ in chunk] for chunk in chunks] == [[3, 3], [2], [5, 1]]

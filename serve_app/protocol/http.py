@@ -1,0 +1,152 @@
+"""What the REST routes share: bodies read within the limit, the management token, the parameters
+of management bodies, and every error answered as the protocol's `{"error": ...}`."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+from collections.abc import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from serve_app.errors import Forbidden, InvalidInput, PayloadTooLarge, ServeAppError, Unauthorized
+from serve_app.protocol.rest import decode_content, parse_json_body
+
+logger = logging.getLogger("ray.serve")
+ADMIN_TOKEN_ENV = "SERVE_APP_ADMIN_TOKEN"
+HEADER_LENGTH = "inference-header-content-length"
+
+
+def error_response(status: int, message: str) -> Response:
+    # ASCII-escaped: a message may quote client text that is not valid UTF-8.
+    return Response(json.dumps({"error": message}), status_code=status, media_type="application/json")
+
+
+def ready_response(ready: bool) -> JSONResponse:
+    # The protocol: 200 means ready, a 4xx means not ready.
+    return JSONResponse({"ready": ready}, status_code=200 if ready else 400)
+
+
+def answer_errors(
+    app: FastAPI,
+    client_error_of: Callable[[BaseException], ServeAppError | None],
+    also: tuple[type[BaseException], ...] = (),
+) -> None:
+    """Every exception becomes `{"error": ...}`: a client's mistake with its 4xx (or an overload with
+    503), anything else a logged 500 that names only the exception's type. also: the exception types
+    client_error_of knows beyond ServeAppError (a runtime's own)."""
+
+    async def unexpected(_: Request, error: Exception) -> Response:
+        logger.exception("unexpected error while serving a request")
+        return error_response(500, f"internal error: {type(error).__name__}")
+
+    async def client_error(request: Request, error: Exception) -> Response:
+        known = client_error_of(error)
+        if known is None:
+            return await unexpected(request, error)
+        return error_response(known.http_status, known.message)
+
+    async def http_error(_: Request, error: HTTPException) -> Response:
+        return error_response(error.status_code, str(error.detail))
+
+    async def validation_error(_: Request, error: RequestValidationError) -> Response:
+        return error_response(422, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()))
+
+    for kind in (ServeAppError, *also):
+        app.add_exception_handler(kind, client_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, decompressed, refused with 413 as soon as it passes limit bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise PayloadTooLarge(f"the request body ({declared} bytes) exceeds the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return decode_content(b"".join(chunks), request.headers.get("content-encoding"), limit)
+
+
+def header_length(request: Request) -> int | None:
+    """Triton's Inference-Header-Content-Length: the JSON part of a body with binary tensors."""
+    value = request.headers.get(HEADER_LENGTH)
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise InvalidInput(f"Inference-Header-Content-Length must be a whole number of bytes, got '{value}'")
+    return int(value)
+
+
+def authorize(request: Request, action: str) -> str:
+    """Management calls need the bearer token from the environment, compared in constant time."""
+    expected = os.environ.get(ADMIN_TOKEN_ENV)
+    if not expected:
+        raise Forbidden(f"management is disabled: the server has no {ADMIN_TOKEN_ENV}")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
+        client = request.client.host if request.client else "unknown"
+        logger.warning("refused an unauthenticated request to %s from %s", action, client)
+        raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+    return "ops"
+
+
+def reason(body: bytes) -> str:
+    """The `reason` of a promote or rollback body, if it gives one."""
+    if not body:
+        return "requested by ops"
+    document = parse_json_body(body)
+    if not isinstance(document, dict) or not isinstance(document.get("reason", ""), str):
+        raise InvalidInput("the body, if any, must be an object with a 'reason' string")
+    return document.get("reason") or "requested by ops"
+
+
+def control_parameters(body: bytes, allowed: set[str]) -> dict:
+    """The `parameters` object of a load/unload body (Triton's shape); config and file overrides
+    are refused: a version is changed on disk (serve-app register), not through the API."""
+    document = parse_json_body(body) if body else {}
+    parameters = document.get("parameters", {}) if isinstance(document, dict) else None
+    if not isinstance(parameters, dict) or set(document) - {"parameters"}:
+        raise InvalidInput("the body, if any, must be an object with a 'parameters' object")
+    unknown = sorted(set(parameters) - allowed)
+    if unknown:
+        raise InvalidInput(
+            f"unsupported parameter(s) {unknown}: this server takes {sorted(allowed)}; "
+            "add versions with serve-app register, not through the API"
+        )
+    version = parameters.get("version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+        raise InvalidInput(f"parameter 'version' must be a whole number >= 1, got {version!r}")
+    return parameters
+
+
+def index_filter(body: bytes) -> bool:
+    """The repository index body: an optional boolean `ready` (only the served versions)."""
+    document = parse_json_body(body) if body else {}
+    if not isinstance(document, dict) or set(document) - {"ready"} or document.get("ready", False) not in (True, False):
+        raise InvalidInput("the body, if any, must be an object with an optional boolean 'ready'")
+    return bool(document.get("ready"))
+
+
+def traffic_body(body: bytes) -> dict:
+    traffic = parse_json_body(body)
+    if not isinstance(traffic, dict):
+        raise InvalidInput("the body must be an object: champion, challenger, challenger_weight, shadows, ...")
+    return traffic
+
+
+def feedback_body(body: bytes) -> dict:
+    document = parse_json_body(body)
+    if not isinstance(document, dict) or set(document) - {"id", "reward", "label"}:
+        raise InvalidInput("feedback must be an object with 'id' and one of 'reward' or 'label'")
+    return document
