@@ -16,6 +16,7 @@ import time
 
 from ray import serve
 
+from serve_app import ray_compat
 from serve_app.deployments.experiment import EXPERIMENTS_DEPLOYMENT
 from serve_app.errors import Conflict, ServeAppError
 
@@ -77,37 +78,19 @@ async def redeploy(args: dict, action: str, experiments: dict[str, dict]) -> dic
 def _declared_applications() -> tuple[dict[str, dict], float | None]:
     """The applications deployed from a config (serve deploy / serve run <config>), as deployed,
     and the target capacity: what a redeploy must submit again, with one application changed."""
-    # Serve's public API gives no deployed config; its controller client does (as `serve config`).
-    from ray.serve.context import _get_global_client
-
-    details = _get_global_client().get_serve_details()
+    details = ray_compat.serve_instance_details()  # Serve's public API gives no deployed config
     configs = {name: app.get("deployed_app_config") for name, app in details["applications"].items()}
     return {name: config for name, config in configs.items() if config}, details.get("target_capacity")
 
 
 def _apply_applications(configs: dict[str, dict], target_capacity: float | None) -> None:
     """What `serve deploy` asks of the controller (through the dashboard's PUT)."""
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
-
-    document = {"applications": list(configs.values()), "target_capacity": target_capacity}
-    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(document))
+    ray_compat.deploy_applications({"applications": list(configs.values()), "target_capacity": target_capacity})
 
 
 def _deployment_names(application: serve.Application) -> set[str]:
-    """Every deployment an application will have (Serve keeps the bound graph in _bound_deployment)."""
-    names, pending = set(), [application]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, serve.Application):
-            deployment = item._bound_deployment
-            names.add(deployment.name)
-            pending.extend([*deployment.init_args, *deployment.init_kwargs.values()])
-        elif isinstance(item, (list, tuple)):
-            pending.extend(item)
-        elif isinstance(item, dict):
-            pending.extend(item.values())
-    return names
+    """Every deployment an application will have."""
+    return {deployment.name for deployment in ray_compat.bound_deployments(application)}
 
 
 def _with_traffic(override: dict, experiments: dict[str, dict]) -> dict:

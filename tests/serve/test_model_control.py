@@ -11,9 +11,9 @@ import httpx
 import pytest
 import tritonclient.http
 from ray import serve
-from ray.serve.context import _get_global_client
 from tritonclient.utils import InferenceServerException
 
+from serve_app import ray_compat
 from serve_app.demo import request_columns, synthetic_transactions
 from serve_app.onboarding import register
 from serve_app.protocol.rest import request_body
@@ -119,7 +119,7 @@ def test_a_new_version_goes_live_under_traffic_without_a_failed_request(deployed
                                      headers=AUTH))  # fmt: skip
         assert unloaded["removed"] == ["fraud-v2-model", "fraud-v2-preprocessor"]
         assert unloaded["overrides_dropped"] == ["fraud-v2-model"]
-        kept = _get_global_client().get_serve_details()["applications"][APP]["deployed_app_config"]["deployments"]
+        kept = ray_compat.serve_instance_details()["applications"][APP]["deployed_app_config"]["deployments"]
         assert [o["name"] for o in kept] == ["experiments", "fraud-v1-model"]  # the config's other overrides stay
         assert kept[0]["user_config"]["traffic"]["fraud"]["challenger"] == 3  # the API's traffic, not the file's
         assert index(http) == {"1": "READY", "2": "UNAVAILABLE", "3": "READY"}

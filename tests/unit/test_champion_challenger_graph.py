@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from graphs.champion_challenger import build_app
+from serve_app import ray_compat
 from serve_app.errors import RepositoryError
 
 
@@ -47,5 +48,5 @@ def test_an_experiment_on_a_model_not_served_is_refused(demo_repository, tmp_pat
 
 def test_the_graph_builds_with_the_experiment_store(demo_repository, tmp_path):
     app = build_app(_args(demo_repository, tmp_path, challenger_weight=0.05))
-    router = app._bound_deployment
-    assert router.name == "Router" and router.init_args[2]._bound_deployment.name == "experiments"
+    router = ray_compat.bound_deployment(app)
+    assert router.name == "Router" and ray_compat.bound_deployment(router.init_args[2]).name == "experiments"
