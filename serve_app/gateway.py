@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from serve_app.config import GraphArgs, TrafficSettings
 from serve_app.drift import DriftFeed
 from serve_app.errors import Conflict, ModelNotFound, Unavailable, as_client_error
+from serve_app.experiments.traffic import TrafficController
 from serve_app.model_control import ModelControl
 from serve_app.predlog import ParquetLog, first_score
 from serve_app.protocol.dataplane import DataPlane, Endpoint
@@ -27,7 +28,6 @@ from serve_app.repository import ModelRepository
 from serve_app.runtime.merging import QueueFull
 from serve_app.shadow.mirror import SHADOW_WINDOW_S, ShadowMirror
 from serve_app.telemetry import RequestStats
-from serve_app.traffic import TrafficController
 
 logger = logging.getLogger("ray.serve")
 

@@ -9,13 +9,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 LATENCY_WINDOW = 2000
-"""Latest answers per (model, version, arm) behind the status page's percentiles."""
+"""Latest latencies kept per arm, for the status page's percentiles and the experiment's p99
+guardrail: bounded memory, and both see today's behaviour."""
 DECISION_THRESHOLD = 0.5
 """A score at or above it is a positive decision; a shadow disagrees when its decision differs."""
 
 
 @dataclass
-class ArmStats:
+class LiveArmStats:
+    """What one router replica has seen of a (model, version, arm) lately."""
+
     requests: int = 0
     failures: int = 0
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
@@ -50,11 +53,11 @@ def disagrees(production_score: float | None, shadow_score: float | None) -> boo
 
 class RequestStats:
     def __init__(self) -> None:
-        self.arms: dict[tuple[str, int, str], ArmStats] = {}
+        self.arms: dict[tuple[str, int, str], LiveArmStats] = {}
         self.shadows: dict[tuple[str, int], ShadowStats] = {}
 
     def request(self, model: str, version: int, arm: str, latency_ms: float, ok: bool) -> None:
-        stats = self.arms.setdefault((model, version, arm), ArmStats())
+        stats = self.arms.setdefault((model, version, arm), LiveArmStats())
         stats.requests += 1
         if ok:
             stats.latencies_ms.append(latency_ms)

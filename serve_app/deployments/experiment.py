@@ -8,7 +8,7 @@ from ray import serve
 from serve_app.config import ExperimentSettings, TrafficSettings
 from serve_app.deployments.logs import replica_logging
 from serve_app.deployments.metrics import ExperimentMetrics
-from serve_app.experiment_store import ExperimentStore
+from serve_app.experiments.store import ExperimentStore
 
 logger = logging.getLogger("ray.serve")
 FLUSH_INTERVAL_S = 1.0

@@ -16,12 +16,12 @@ from serve_app.deployments.handles import RAY_ERRORS, DeploymentClient, client_e
 from serve_app.deployments.logs import replica_logging
 from serve_app.deployments.metrics import RouterMetrics
 from serve_app.deployments.redeploy import redeploy
+from serve_app.experiments.traffic import ROUTING_KEY_HEADER
 from serve_app.gateway import Gateway
 from serve_app.protocol import http, openapi
 from serve_app.protocol.generated import grpc_predict_v2_pb2 as pb
 from serve_app.protocol.grpc_service import InferenceService
 from serve_app.protocol.rest import binary_outputs, parse_infer_request, render_infer_response
-from serve_app.traffic import ROUTING_KEY_HEADER
 
 logger = logging.getLogger("ray.serve")
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]

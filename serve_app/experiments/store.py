@@ -17,8 +17,8 @@ from typing import Any
 
 from serve_app.config import ExperimentSettings, TrafficSettings
 from serve_app.errors import InvalidInput, ModelNotFound
+from serve_app.experiments.experiment import Experiment
 from serve_app.predlog import FEEDBACK, ParquetLog, utc_now
-from serve_app.routing import Experiment
 from serve_app.storage import read_json, write_json
 
 SAVE_INTERVAL_S = 1.0

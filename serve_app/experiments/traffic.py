@@ -15,9 +15,9 @@ import numpy as np
 
 from serve_app.config import TrafficSettings
 from serve_app.errors import InvalidInput
+from serve_app.experiments.split import TrafficPolicy
 from serve_app.predlog import PREDICTIONS, ParquetLog, first_score, utc_now
 from serve_app.protocol.messages import InferenceRequest
-from serve_app.routing import TrafficPolicy
 
 ROUTING_KEY_HEADER = "x-routing-key"
 DIRECT = "direct"

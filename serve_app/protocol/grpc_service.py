@@ -9,10 +9,10 @@ from typing import Any
 import grpc
 
 from serve_app.errors import InvalidInput, ModelNotFound, PayloadTooLarge, ServeAppError
+from serve_app.experiments.traffic import ROUTING_KEY_HEADER
 from serve_app.gateway import Gateway
 from serve_app.protocol import grpc_codec
 from serve_app.protocol.generated import grpc_predict_v2_pb2 as pb
-from serve_app.traffic import ROUTING_KEY_HEADER
 
 
 class InferenceService:

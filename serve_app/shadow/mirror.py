@@ -8,12 +8,12 @@ import asyncio
 import logging
 import time
 
+from serve_app.experiments.traffic import TrafficController
 from serve_app.predlog import first_score
 from serve_app.protocol.dataplane import DataPlane
 from serve_app.protocol.messages import InferenceRequest
 from serve_app.runtime.batching import merge_rows, split_rows
 from serve_app.telemetry import RequestStats, disagrees
-from serve_app.traffic import TrafficController
 
 logger = logging.getLogger("ray.serve")
 SHADOW_TIMEOUT_S = 10.0

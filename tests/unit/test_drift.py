@@ -28,9 +28,9 @@ from serve_app.drift import (
     deliver_alert,
     detectors_for,
     drift_history,
-    feature_flags,
-    reference_scores,
 )
+from serve_app.drift.detectors import feature_flags
+from serve_app.drift.schema import reference_scores
 from serve_app.errors import RepositoryError
 from serve_app.repository import ModelRepository
 

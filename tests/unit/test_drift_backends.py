@@ -29,9 +29,9 @@ from serve_app.drift import (
     detectors_for,
     feature_schema,
     load_reference,
-    reference_scores,
 )
-from serve_app.drift_scipy import WindowTests
+from serve_app.drift.schema import reference_scores
+from serve_app.drift.scipy_backend import WindowTests
 from serve_app.errors import RepositoryError
 from serve_app.repository import ModelRepository
 

@@ -6,7 +6,7 @@ import pytest
 
 from serve_app.config import ExperimentSettings, TrafficSettings
 from serve_app.errors import InvalidInput, ModelNotFound
-from serve_app.experiment_store import ExperimentStore
+from serve_app.experiments.store import ExperimentStore
 from serve_app.predlog import FEEDBACK, read_table
 
 TRAFFIC = TrafficSettings(champion=1, challenger=2, challenger_weight=0.5)

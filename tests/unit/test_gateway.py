@@ -246,9 +246,7 @@ def test_close_writes_the_log_and_delivers_the_last_events(parts, tmp_path):
         return answer
 
     answer = asyncio.run(run())
-    assert read_table(str(tmp_path / "storage"), "predictions", "fraud").column("request_id").to_pylist() == [
-        answer.id
-    ]
+    assert read_table(str(tmp_path / "storage"), "predictions", "fraud").column("request_id").to_pylist() == [answer.id]
 
 
 def test_status_questions_answer_without_the_parts_that_do_not(parts):

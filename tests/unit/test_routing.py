@@ -8,16 +8,11 @@ import pytest
 
 from serve_app.config import ExperimentSettings, TrafficSettings
 from serve_app.errors import InvalidInput
-from serve_app.routing import (
-    LATENCY_WINDOW,
-    ArmStats,
-    Experiment,
-    SequentialTest,
-    TrafficPolicy,
-    confidence_radius,
-    mixture_statistic,
-    unit_interval,
-)
+from serve_app.experiments.arms import ArmStats
+from serve_app.experiments.experiment import Experiment
+from serve_app.experiments.sequential import SequentialTest, confidence_radius, mixture_statistic
+from serve_app.experiments.split import TrafficPolicy, unit_interval
+from serve_app.telemetry import LATENCY_WINDOW
 
 KEYS = [f"user-{i}" for i in range(20_000)]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from serve_app.config import TrafficSettings
+from serve_app.experiments.traffic import DIRECT, TrafficController
 from serve_app.protocol.messages import InferenceRequest
 from serve_app.shadow.mirror import ShadowQueue, chunks_by_rows
-from serve_app.traffic import DIRECT, TrafficController
 
 
 def _request(rows: int = 1, request_id: str | None = None) -> InferenceRequest:
