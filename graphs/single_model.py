@@ -20,6 +20,7 @@ from serve_app.deployments.redeploy import LOAD_WAIT_S
 from serve_app.deployments.router import Router
 from serve_app.drift import feature_schema, load_reference
 from serve_app.errors import RepositoryError
+from serve_app.messages import Pipeline
 from serve_app.repository import ModelRepository, ModelVersion
 
 DRIFT_DEPLOYMENT = "drift-monitor"
@@ -83,7 +84,7 @@ def drift_monitor(settings: GraphArgs, served: list[ModelVersion], experiments: 
     )
 
 
-def version_pipeline(repository: str, version: ModelVersion, settings: GraphArgs) -> dict:
+def version_pipeline(repository: str, version: ModelVersion, settings: GraphArgs) -> Pipeline:
     """The Preprocessor and Model deployments of one version, named '<model>-v<version>-...'."""
     config = version.config
     prefix = f"{config.name}-v{version.version}"
@@ -106,4 +107,4 @@ def version_pipeline(repository: str, version: ModelVersion, settings: GraphArgs
         user_config=config.dynamic_batching.model_dump(),
         ray_actor_options={"num_cpus": config.instances.num_cpus, "num_gpus": config.instances.num_gpus},
     ).bind(repository, config.name, version.version, preprocess=in_model)
-    return {"model": config.name, "version": version.version, "preprocessor": preprocessor, "runner": runner}
+    return Pipeline(config.name, version.version, runner, preprocessor)

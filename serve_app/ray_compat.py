@@ -13,6 +13,7 @@ The private names are imported where used: a Ray without them breaks load and un
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ray import serve
@@ -58,7 +59,7 @@ def bound_deployment(application: serve.Application) -> serve.Deployment:
 
 def bound_deployments(application: serve.Application) -> list[serve.Deployment]:
     """Every deployment of an application graph, each node once (the ingress first): the nodes bound in
-    init args and kwargs, directly or in lists, tuples and dicts. Ray's own build (before it renames
+    init args and kwargs, directly or in lists, tuples, dicts and dataclasses. Ray's own build (before it renames
     deployments whose names clash) walks the same graph."""
     found: list[serve.Deployment] = []
     seen: set[int] = set()
@@ -72,6 +73,8 @@ def bound_deployments(application: serve.Application) -> list[serve.Deployment]:
             deployment = bound_deployment(item)
             found.append(deployment)
             pending.extend([*deployment.init_args, *deployment.init_kwargs.values()])
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):  # e.g. serve_app.messages.Pipeline
+            pending.extend(getattr(item, f.name) for f in dataclasses.fields(item))
         elif isinstance(item, (list, tuple)):
             pending.extend(item)
         elif isinstance(item, dict):

@@ -1,4 +1,4 @@
-"""The README's table of what the reliability tests tried and what held, written by the tests.
+"""The table of what the reliability tests tried and what held (docs/reliability.md), written by the tests.
 
 A test asks for the `reliability` fixture, says what it tries, and adds what it measured:
 
@@ -8,8 +8,8 @@ A test asks for the `reliability` fixture, says what it tries, and adds what it 
 
 Whether the test passed fills the "held" column. At the end of the session the table of the tests
 that ran goes to test-output/reliability.md (git-ignored): a plain test run leaves the checkout as it
-was. `make reliability-report` (and `make soak`) set SERVE_APP_README_TABLE=1, and then the rows also
-replace their rows in the README (matched by area and what was tried); other rows stay.
+was. `make reliability-report` (and `make soak`) set SERVE_APP_WRITE_RELIABILITY_TABLE=1, and then the
+rows also replace their rows in docs/reliability.md (matched by area and what was tried); other rows stay.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).parents[1] / "README.md"
+TABLE_PAGE = Path(__file__).parents[1] / "docs" / "reliability.md"
 REPORT = Path(__file__).parents[1] / "test-output" / "reliability.md"
 BEGIN = "<!-- reliability-table: written by the tests (tests/reliability_table.py) -->"
 END = "<!-- reliability-table: end -->"
@@ -81,15 +81,15 @@ def pytest_sessionfinish(session):
         return
     REPORT.parent.mkdir(exist_ok=True)
     REPORT.write_text(merged(f"{BEGIN}\n{END}\n", list(_rows.values())))
-    if os.environ.get("SERVE_APP_README_TABLE") == "1" and README.exists():
-        README.write_text(merged(README.read_text(), list(_rows.values())))
+    if os.environ.get("SERVE_APP_WRITE_RELIABILITY_TABLE") == "1" and TABLE_PAGE.exists():
+        TABLE_PAGE.write_text(merged(TABLE_PAGE.read_text(), list(_rows.values())))
 
 
-def merged(readme: str, rows: list[Row]) -> str:
-    """The README with these rows in its table: each replaces the row with its key, or is appended."""
-    if BEGIN not in readme or END not in readme:
-        return readme
-    head, rest = readme.split(BEGIN, 1)
+def merged(page: str, rows: list[Row]) -> str:
+    """The page with these rows in its table: each replaces the row with its key, or is appended."""
+    if BEGIN not in page or END not in page:
+        return page
+    head, rest = page.split(BEGIN, 1)
     table, tail = rest.split(END, 1)
     lines = [line for line in table.strip().splitlines() if line.startswith("| ") and line not in HEADER]
     for row in rows:

@@ -10,6 +10,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.config import DriftSettings
 from serve_app.deployments.logs import replica_logging
 from serve_app.drift import DriftMonitor, deliver_alert
+from serve_app.messages import DriftBatch
 from serve_app.repository import ModelRepository
 
 logger = logging.getLogger("ray.serve")
@@ -56,7 +57,7 @@ class DriftMonitorDeployment:
         self._checking = loop.create_task(self._check_forever())
         self._acting = loop.create_task(self._act_forever())
 
-    async def observe(self, batches: list[dict]) -> None:
+    async def observe(self, batches: list[DriftBatch]) -> None:
         self.monitor.observe(batches)
 
     async def report(self, model: str) -> dict:

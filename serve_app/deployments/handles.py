@@ -13,6 +13,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import GraphArgs
 from serve_app.errors import ServeAppError, Unavailable, as_client_error
+from serve_app.messages import Pipeline
 from serve_app.protocol.dataplane import Endpoint
 from serve_app.repository import ModelRepository, ModelVersion
 from serve_app.runtime.merging import QueueFull, RequestMerger
@@ -105,15 +106,15 @@ class HandleEndpoint(Endpoint):
         return await self.model.batch_stats.remote()
 
 
-def pipeline_endpoints(settings: GraphArgs, pipelines: list[dict]) -> list[HandleEndpoint]:
+def pipeline_endpoints(settings: GraphArgs, pipelines: list[Pipeline]) -> list[HandleEndpoint]:
     """One endpoint per served version, merging before the hop unless the graph turned it off."""
     repository = ModelRepository(settings.repository)
     queued = None if settings.max_queued_requests < 0 else settings.max_queued_requests
     endpoints = []
     for pipeline in pipelines:
-        version = repository.version(pipeline["model"], pipeline["version"])
+        version = repository.version(pipeline.model, pipeline.version)
         merge_calls = None
         if settings.merge_before_hop:
             merge_calls = settings.merge_calls_per_replica * version.config.instances.num_replicas
-        endpoints.append(HandleEndpoint(version, pipeline["preprocessor"], pipeline["runner"], merge_calls, queued))
+        endpoints.append(HandleEndpoint(version, pipeline.preprocessor, pipeline.runner, merge_calls, queued))
     return endpoints

@@ -18,6 +18,7 @@ from serve_app.deployments.metrics import RouterMetrics
 from serve_app.deployments.redeploy import redeploy
 from serve_app.experiments.traffic import ROUTING_KEY_HEADER
 from serve_app.gateway import Gateway
+from serve_app.messages import Pipeline
 from serve_app.protocol import http, openapi
 from serve_app.protocol.generated import grpc_predict_v2_pb2 as pb
 from serve_app.protocol.grpc_service import InferenceService
@@ -42,13 +43,13 @@ class Router:
     async def __init__(
         self,
         settings: dict,
-        pipelines: list[dict],
+        pipelines: list[Pipeline],
         experiments: DeploymentHandle | None = None,
         initial_traffic: dict[str, dict] | None = None,
         drift: DeploymentHandle | None = None,
         app_args: dict | None = None,
     ):
-        """pipelines: one {"model", "version", "preprocessor", "runner"} per served version;
+        """pipelines: one per served version;
         experiments: the experiment store, for the models in initial_traffic;
         drift: the drift monitor, for the models in settings.drift;
         app_args: the application's args as the graph builder resolved them, to deploy it again

@@ -10,6 +10,7 @@ import numpy as np
 
 from serve_app.config import DriftSettings
 from serve_app.drift.schema import row_scores
+from serve_app.messages import DriftBatch
 from serve_app.runtime.batching import merge_rows
 
 
@@ -44,7 +45,7 @@ class DriftFeed:
         self._pending[(model, version)].append((arm, kept, scores))
         self._rows[model] += rows
 
-    def take(self) -> list[dict]:
+    def take(self) -> list[DriftBatch]:
         """One batch per (model, version) with its rows merged, plus drops not yet reported."""
         pending, self._pending, self._rows = self._pending, defaultdict(list), defaultdict(int)
         batches = []
@@ -53,11 +54,10 @@ class DriftFeed:
             columns = merge_rows([inputs for _, inputs, _ in entries])[0] if entries else {}
             scores = np.concatenate([s for _, _, s in entries]) if entries else np.empty(0)
             arm = entries[-1][0] if entries else ""
-            batches.append({"model": key[0], "version": key[1], "arm": arm, "columns": columns, "scores": scores,
-                            "dropped": self.dropped.pop(key, 0)})  # fmt: skip
+            batches.append(DriftBatch(key[0], key[1], arm, columns, scores, self.dropped.pop(key, 0)))
         return batches
 
-    def lost(self, batches: list[dict]) -> None:
+    def lost(self, batches: list[DriftBatch]) -> None:
         """Batches the monitor did not take are counted as dropped, reported with the next ones."""
         for batch in batches:
-            self.dropped[(batch["model"], batch["version"])] += len(batch["scores"]) + batch["dropped"]
+            self.dropped[(batch.model, batch.version)] += batch.rows + batch.dropped

@@ -19,6 +19,7 @@ import pandas as pd
 
 from serve_app.config import DriftSettings
 from serve_app.drift.detectors import Detectors, detectors_for
+from serve_app.messages import DriftBatch
 from serve_app.predlog import DRIFT, ParquetLog, read_table
 from serve_app.repository import ModelVersion
 from serve_app.runtime.batching import merge_rows
@@ -103,25 +104,25 @@ class DriftMonitor:
 
     # -- intake --------------------------------------------------------------------------
 
-    def observe(self, batches: list[dict]) -> None:
-        """Rows from the routers: {"model", "version", "arm", "columns", "scores", "dropped"}."""
+    def observe(self, batches: list[DriftBatch]) -> None:
+        """Rows from the routers."""
         now = self.clock()
         with self._lock:
             for batch in batches:
-                state = self.states.get((batch["model"], int(batch["version"])))
+                state = self.states.get((batch.model, batch.version))
                 if state is None:
                     continue
-                state.rows_dropped += int(batch.get("dropped", 0))
-                rows = len(batch["scores"]) if batch.get("scores") is not None else 0
+                state.rows_dropped += batch.dropped
+                rows = batch.rows
                 if not rows:
                     continue
-                state.arm = batch.get("arm") or state.arm
+                state.arm = batch.arm or state.arm
                 limit = self.settings[state.model].max_buffered_rows
                 if state.pending_rows + rows > limit:  # checks fell behind: shed load, count it
                     state.rows_dropped += rows
                     continue
                 state.rows_seen += rows
-                state.pending.append((batch["columns"], np.asarray(batch["scores"], dtype=np.float64)))
+                state.pending.append((batch.columns, np.asarray(batch.scores, dtype=np.float64)))
                 state.pending_rows += rows
                 if state.window_opened_at is None:
                     state.window_opened_at = now

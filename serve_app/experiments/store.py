@@ -18,6 +18,7 @@ from typing import Any
 from serve_app.config import ExperimentSettings, TrafficSettings
 from serve_app.errors import InvalidInput, ModelNotFound
 from serve_app.experiments.experiment import Experiment
+from serve_app.messages import RequestEvent
 from serve_app.predlog import FEEDBACK, ParquetLog, utc_now
 from serve_app.storage import read_json, write_json
 
@@ -85,23 +86,23 @@ class ExperimentStore:
 
     # -- events and feedback -------------------------------------------------------------
 
-    def record(self, events: list[dict[str, Any]]) -> list[dict]:
+    def record(self, events: list[RequestEvent]) -> list[dict]:
         """Request events from the routers; returns the decisions they triggered."""
         touched = set()
         for event in events:
-            experiment = self.experiments.get(event["model"])
+            experiment = self.experiments.get(event.model)
             if experiment is None:
                 continue
             try:
-                experiment.record_request(event["version"], event["latency_ms"], event["error"])
+                experiment.record_request(event.version, event.latency_ms, event.error)
             except InvalidInput:  # e.g. an event of a version the experiment moved away from
                 self.bad_events += 1
                 continue
-            self._remember(event["request_id"], event["model"], event["version"], event.get("score"))
-            waiting = self.waiting_feedback.pop(event["request_id"], None)
-            if waiting is not None and waiting[0] == event["model"]:
-                self._apply_outcome(event["model"], event["version"], event.get("score"), *waiting[1:])
-            touched.add(event["model"])
+            self._remember(event.request_id, event.model, event.version, event.score)
+            waiting = self.waiting_feedback.pop(event.request_id, None)
+            if waiting is not None and waiting[0] == event.model:
+                self._apply_outcome(event.model, event.version, event.score, *waiting[1:])
+            touched.add(event.model)
         decisions = self._evaluate(touched)
         for model in touched:
             self.save(model, throttle=True)

@@ -16,6 +16,7 @@ import numpy as np
 from serve_app.config import TrafficSettings
 from serve_app.errors import InvalidInput
 from serve_app.experiments.split import TrafficPolicy
+from serve_app.messages import RequestEvent
 from serve_app.predlog import PREDICTIONS, ParquetLog, first_score, utc_now
 from serve_app.protocol.messages import InferenceRequest
 
@@ -38,7 +39,7 @@ class TrafficController:
         self.log = log
         self.policies: dict[str, TrafficPolicy] = {}
         self.traffic: dict[str, TrafficSettings] = {}
-        self._events: deque[dict] = deque(maxlen=max_pending_events)
+        self._events: deque[RequestEvent] = deque(maxlen=max_pending_events)
         self.events_dropped = 0
         self.shadow_failures = 0
 
@@ -87,22 +88,19 @@ class TrafficController:
         if in_experiment:
             if len(self._events) == self._events.maxlen:
                 self.events_dropped += 1
-            self._events.append(
-                {"model": model, "request_id": request.id, "version": version, "latency_ms": latency_ms,
-                 "error": status != "ok", "score": score}
-            )  # fmt: skip
+            self._events.append(RequestEvent(model, request.id, version, latency_ms, status != "ok", score))
 
     @property
     def pending_events(self) -> int:
         """Events waiting for the experiment store (it is away, or the next sync has not run yet)."""
         return len(self._events)
 
-    def drain_events(self) -> list[dict]:
+    def drain_events(self) -> list[RequestEvent]:
         events = list(self._events)
         self._events.clear()
         return events
 
-    def requeue(self, events: list[dict]) -> None:
+    def requeue(self, events: list[RequestEvent]) -> None:
         """Events the store could not take go back in front, within the bound."""
         room = self._events.maxlen - len(self._events)
         self.events_dropped += max(0, len(events) - room)

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from serve_app import ray_compat
 from serve_app.config import RAY_SERVE_ENV, DynamicBatching, ExperimentGraphArgs, GraphArgs, TrafficSettings
 from serve_app.repository import ModelRepository
 
@@ -32,26 +33,12 @@ def test_config_validates_against_serve_schema_and_builder_args(path):
         args_model.model_validate(app["args"])
 
 
-def _deployments(node) -> dict:
-    """Every deployment an application binds, by name (walking the bound init args)."""
-    if hasattr(node, "_bound_deployment"):
-        deployment = node._bound_deployment
-        found = {deployment.name: deployment}
-        for arg in (*deployment.init_args, *deployment.init_kwargs.values()):
-            found.update(_deployments(arg))
-        return found
-    if isinstance(node, dict):
-        node = list(node.values())
-    if isinstance(node, (list, tuple)):
-        return {k: v for item in node for k, v in _deployments(item).items()}
-    return {}
-
-
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_deployment_overrides_name_real_deployments_with_valid_settings(path, demo_repository):
     for app in yaml.safe_load(path.read_text())["applications"]:
         build_app = importlib.import_module(app["import_path"].split(":")[0]).build_app
-        built = _deployments(build_app({**app["args"], "repository": str(demo_repository)}))
+        graph = build_app({**app["args"], "repository": str(demo_repository)})
+        built = {deployment.name: deployment for deployment in ray_compat.bound_deployments(graph)}
         for override in app.get("deployments", []):
             assert override["name"] in built, f"{path.name}: no deployment '{override['name']}' in {sorted(built)}"
             if override["name"] == "experiments":

@@ -32,6 +32,7 @@ from serve_app.drift import (
 from serve_app.drift.detectors import feature_flags
 from serve_app.drift.schema import reference_scores
 from serve_app.errors import RepositoryError
+from serve_app.messages import DriftBatch
 from serve_app.repository import ModelRepository
 
 NOTEBOOK = Path(__file__).parents[2] / "notebooks" / "drift_analysis.ipynb"
@@ -54,11 +55,11 @@ def traffic(rows: int, seed: int, shift: bool = False) -> pd.DataFrame:
     return frame
 
 
-def batch(version, frame: pd.DataFrame, scores: np.ndarray | None = None) -> dict:
+def batch(version, frame: pd.DataFrame, scores: np.ndarray | None = None) -> DriftBatch:
     columns = {c: frame[c].to_numpy() for c in frame.columns}
     if scores is None:
         scores = reference_scores(version, frame)
-    return {"model": "fraud", "version": version.version, "arm": "champion", "columns": columns, "scores": scores}
+    return DriftBatch("fraud", version.version, "champion", columns, scores)
 
 
 def monitor_for(version, storage: Path | None = None, **settings) -> DriftMonitor:
@@ -276,15 +277,15 @@ def test_the_feed_is_bounded_samples_and_reports_what_it_dropped():
     feed.add("fraud", 1, "champion", inputs, outputs)  # over the bound: dropped, counted
     feed.add("other", 1, "champion", inputs, outputs)  # not watched: ignored
     (taken,) = feed.take()
-    assert len(taken["scores"]) == 60 and taken["dropped"] == 60 and taken["columns"]["amount"].shape == (60,)
+    assert taken.rows == 60 and taken.dropped == 60 and taken.columns["amount"].shape == (60,)
     feed.lost([taken])
     (report,) = feed.take()
-    assert len(report["scores"]) == 0 and report["dropped"] == 120
+    assert report.rows == 0 and report.dropped == 120
     sampled = DriftFeed({"fraud": DriftSettings(sample_rate=0.25)}, {"fraud": ["amount", "merchant_category"]}, seed=1)
     one = {k: v[:1] for k, v in inputs.items()}
     for _ in range(2000):
         sampled.add("fraud", 1, "champion", one, {"fraud_probability": outputs["fraud_probability"][:1]})
-    assert 400 < len(sampled.take()[0]["scores"]) < 600
+    assert 400 < sampled.take()[0].rows < 600
 
 
 def test_unwatchable_versions_fail_clearly(demo_repository, tmp_path):

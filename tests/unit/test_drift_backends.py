@@ -33,6 +33,7 @@ from serve_app.drift import (
 from serve_app.drift.schema import reference_scores
 from serve_app.drift.scipy_backend import WindowTests
 from serve_app.errors import RepositoryError
+from serve_app.messages import DriftBatch
 from serve_app.repository import ModelRepository
 
 ROOT = Path(__file__).parents[2]
@@ -166,7 +167,7 @@ def test_without_alibi_detect_auto_runs_on_scipy_and_the_monitor_says_so(fraud_v
     assert monitor.states[("fraud", 1)].status == "ready"
     frame, scores = window(fraud_v1, "amount")
     columns = {c: frame[c].to_numpy() for c in frame.columns}
-    monitor.observe([{"model": "fraud", "version": 1, "arm": "champion", "columns": columns, "scores": scores}])
+    monitor.observe([DriftBatch("fraud", 1, "champion", columns, scores)])
     monitor.check()
     report = monitor.report("fraud")["versions"]["1"]
     assert report["backend"] == "scipy"

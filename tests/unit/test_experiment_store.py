@@ -7,6 +7,7 @@ import pytest
 from serve_app.config import ExperimentSettings, TrafficSettings
 from serve_app.errors import InvalidInput, ModelNotFound
 from serve_app.experiments.store import ExperimentStore
+from serve_app.messages import RequestEvent
 from serve_app.predlog import FEEDBACK, read_table
 
 TRAFFIC = TrafficSettings(champion=1, challenger=2, challenger_weight=0.5)
@@ -37,7 +38,7 @@ def _play(store: ExperimentStore, rounds: int, champion_rate: float, challenger_
     """Requests answered by each arm, then their rewards, deterministic (every k-th is a success)."""
     for i in range(rounds):
         events = [
-            {"model": "fraud", "request_id": f"{prefix}{i}-{v}", "version": v, "latency_ms": 2.0, "error": False}
+            RequestEvent(model="fraud", request_id=f"{prefix}{i}-{v}", version=v, latency_ms=2.0, error=False)
             for v in (1, 2)
         ]
         store.record(events)
@@ -91,7 +92,7 @@ def test_counts_are_persisted_within_a_second_without_a_decision(tmp_path):
 def test_feedback_that_overtakes_its_request_still_counts(tmp_path):
     store = _store(tmp_path)
     assert store.feedback("fraud", "early", reward=1.0)["known"] is False
-    store.record([{"model": "fraud", "request_id": "early", "version": 2, "latency_ms": 1.0, "error": False}])
+    store.record([RequestEvent(model="fraud", request_id="early", version=2, latency_ms=1.0, error=False)])
     arm = store.summary("fraud")["arms"]["challenger"]
     assert (arm["outcomes"], arm["mean"]) == (1, 1.0) and store.summary("fraud")["unknown_feedback"] == 0
 
@@ -131,8 +132,8 @@ def test_feedback_for_a_model_without_experiment_is_not_found(tmp_path):
 
 def test_accuracy_from_labels(tmp_path):
     store = _store(tmp_path, metric="accuracy")
-    store.record([{"model": "fraud", "request_id": "a", "version": 2, "latency_ms": 1.0, "error": False, "score": 0.9}])
-    store.record([{"model": "fraud", "request_id": "b", "version": 2, "latency_ms": 1.0, "error": False, "score": 0.9}])
+    store.record([RequestEvent(model="fraud", request_id="a", version=2, latency_ms=1.0, error=False, score=0.9)])
+    store.record([RequestEvent(model="fraud", request_id="b", version=2, latency_ms=1.0, error=False, score=0.9)])
     store.feedback("fraud", "a", label=True)  # predicted fraud, was fraud: correct
     store.feedback("fraud", "b", label="false")  # predicted fraud, was not: wrong
     arm = store.summary("fraud")["arms"]["challenger"]
@@ -152,9 +153,9 @@ def test_ops_promote_and_rollback(tmp_path):
 def test_a_bad_event_is_skipped_and_counted_not_the_batch(tmp_path):
     store = _store(tmp_path)
     events = [
-        {"model": "fraud", "request_id": "a", "version": 1, "latency_ms": 1.0, "error": False},
-        {"model": "fraud", "request_id": "b", "version": 7, "latency_ms": 1.0, "error": False},  # not in the experiment
-        {"model": "fraud", "request_id": "c", "version": 2, "latency_ms": 1.0, "error": False},
+        RequestEvent(model="fraud", request_id="a", version=1, latency_ms=1.0, error=False),
+        RequestEvent(model="fraud", request_id="b", version=7, latency_ms=1.0, error=False),  # not in the experiment
+        RequestEvent(model="fraud", request_id="c", version=2, latency_ms=1.0, error=False),
     ]
     store.record(events)
     arms = store.summary("fraud")["arms"]
@@ -163,7 +164,7 @@ def test_a_bad_event_is_skipped_and_counted_not_the_batch(tmp_path):
 
 def test_feedback_counts_once_per_request(tmp_path):
     store = _store(tmp_path)
-    store.record([{"model": "fraud", "request_id": "a", "version": 2, "latency_ms": 1.0, "error": False}])
+    store.record([RequestEvent(model="fraud", request_id="a", version=2, latency_ms=1.0, error=False)])
     assert store.feedback("fraud", "a", reward=1.0)["known"] is True
     assert store.feedback("fraud", "a", reward=1.0)["known"] is False  # a retry does not count twice
     assert store.summary("fraud")["arms"]["challenger"]["outcomes"] == 1
@@ -181,7 +182,7 @@ def test_a_restart_with_new_weights_keeps_the_statistics(tmp_path):
 
 def test_unwritable_storage_does_not_fail_feedback(tmp_path):
     store = _store(tmp_path)
-    store.record([{"model": "fraud", "request_id": "a", "version": 1, "latency_ms": 1.0, "error": False}])
+    store.record([RequestEvent(model="fraud", request_id="a", version=1, latency_ms=1.0, error=False)])
     (tmp_path / "experiments" / "fraud.json").unlink()
     (tmp_path / "experiments").rmdir()
     (tmp_path / "experiments").write_text("a file where the folder should be")

@@ -76,7 +76,7 @@ class Drift:
         self.batches.extend(batches)
 
     async def report(self, model):
-        return {"versions": {"1": {"rows": sum(len(b["scores"]) for b in self.batches)}}}
+        return {"versions": {"1": {"rows": sum(b.rows for b in self.batches)}}}
 
 
 class Metrics:
@@ -129,10 +129,10 @@ def test_a_request_is_routed_answered_recorded_and_fed_to_drift(parts, tmp_path)
         assert all(a.model_version == ("1" if a.parameters["arm"] == "champion" else "2") for a in answers)
         assert len(metrics.requests) == 40 and all(ok for *_, ok in metrics.requests)
         await gateway.sync_with_experiments()
-        assert [e["request_id"] for e in experiments.events] == [a.id for a in answers]
+        assert [e.request_id for e in experiments.events] == [a.id for a in answers]
         await gateway.ship_drift_rows()
-        assert sum(len(b["scores"]) for b in drift.batches) == 40
-        assert {b["version"] for b in drift.batches} == {1, 2}
+        assert sum(b.rows for b in drift.batches) == 40
+        assert {b.version for b in drift.batches} == {1, 2}
         await gateway.flush_log()
         return answers
 
@@ -153,7 +153,7 @@ def test_events_the_store_refuses_wait_and_are_delivered_once(parts):
         experiments.refuse = False
         await gateway.sync_with_experiments()
         await gateway.sync_with_experiments()
-        assert len(experiments.events) == 5 and len({e["request_id"] for e in experiments.events}) == 5
+        assert len(experiments.events) == 5 and len({e.request_id for e in experiments.events}) == 5
 
     asyncio.run(run())
 
@@ -240,8 +240,8 @@ def test_close_writes_the_log_and_delivers_the_last_events(parts, tmp_path):
         await gateway.start()
         answer = await gateway.serve("fraud", None, _request(), None)
         await gateway.close()
-        assert [e["request_id"] for e in experiments.events] == [answer.id]
-        assert sum(len(b["scores"]) for b in drift.batches) == 1 and metrics.flushes >= 1
+        assert [e.request_id for e in experiments.events] == [answer.id]
+        assert sum(b.rows for b in drift.batches) == 1 and metrics.flushes >= 1
         assert all(loop.cancelled() or loop.done() for loop in gateway._loops)
         return answer
 

@@ -33,9 +33,9 @@ def test_events_are_queued_bounded_and_requeued_in_order():
         controller.record("m", 1, "champion", _request(request_id=f"r{i}"), None, 1.0, "ok")
     assert controller.events_dropped == 1
     events = controller.drain_events()
-    assert [e["request_id"] for e in events] == ["r1", "r2", "r3"] and controller.drain_events() == []
+    assert [e.request_id for e in events] == ["r1", "r2", "r3"] and controller.drain_events() == []
     controller.requeue(events)
-    assert [e["request_id"] for e in controller.drain_events()] == ["r1", "r2", "r3"]
+    assert [e.request_id for e in controller.drain_events()] == ["r1", "r2", "r3"]
     controller.record("m", 1, "shadow", _request(), None, 1.0, "ok")
     assert controller.drain_events() == []  # shadows are not experiment events
 
