@@ -148,9 +148,10 @@ def list_inputs(uri: str) -> tuple[pyarrow.fs.FileSystem, list[str]]:
         return filesystem, [root]
     selector = pyarrow.fs.FileSelector(root, recursive=True)
     relative = {
-        f.path: f.path[len(root) :].lstrip("/") for f in filesystem.get_file_info(selector)
+        f.path: f.path[len(root) :].lstrip("/")
+        for f in filesystem.get_file_info(selector)
         if f.type == pyarrow.fs.FileType.File
-    }  # fmt: skip
+    }
     # Hidden and underscored names (_SUCCESS, _manifest.json, .part files) are not data, as in Spark.
     files = [path for path, rel in relative.items() if not any(p.startswith(("_", ".")) for p in rel.split("/"))]
     if glob_at is not None:
@@ -209,8 +210,15 @@ class Scorer:
     """Loads the preprocessor, the runtime and (optionally) the drift detectors once, then scores
     batches. Rows it cannot score are written to the round's _errors folder with the reason."""
 
-    def __init__(self, repository: str, model: str, versions: list[int], pass_through: list[str],
-                 side_uri: str, drift: dict | None):  # fmt: skip
+    def __init__(
+        self,
+        repository: str,
+        model: str,
+        versions: list[int],
+        pass_through: list[str],
+        side_uri: str,
+        drift: dict | None,
+    ):
         import ray
 
         from serve_app.drift import detectors_for
@@ -258,13 +266,22 @@ class Scorer:
         checked = detectors.check(detectors.schema.encode(rows), scores)
         entries = [(name, f) for name, f in checked["data"]["features"].items()]
         entries.append(("score", checked["prediction"]))
-        self._write("_drift", pa.table({
-            "name": [name for name, _ in entries], "kind": ["feature"] * (len(entries) - 1) + ["prediction"],
-            "test": [f["test"] for _, f in entries], "statistic": [f["statistic"] for _, f in entries],
-            "p_value": [f["p_value"] for _, f in entries], "is_drift": [f["is_drift"] for _, f in entries],
-            "window_drift": [bool(checked["data"]["is_drift"] or checked["prediction"]["is_drift"])] * len(entries),
-            "rows": [len(rows)] * len(entries),
-        }))  # fmt: skip
+        self._write(
+            "_drift",
+            pa.table(
+                {
+                    "name": [name for name, _ in entries],
+                    "kind": ["feature"] * (len(entries) - 1) + ["prediction"],
+                    "test": [f["test"] for _, f in entries],
+                    "statistic": [f["statistic"] for _, f in entries],
+                    "p_value": [f["p_value"] for _, f in entries],
+                    "is_drift": [f["is_drift"] for _, f in entries],
+                    "window_drift": [bool(checked["data"]["is_drift"] or checked["prediction"]["is_drift"])]
+                    * len(entries),
+                    "rows": [len(rows)] * len(entries),
+                }
+            ),
+        )
 
     def _write_errors(self, failed: list[tuple[pd.DataFrame, pd.Series]]) -> None:
         frames = []
@@ -323,15 +340,19 @@ def run_job(plan: JobPlan) -> dict:
         scored = dataset.map_batches(
             Scorer,
             fn_constructor_kwargs={
-                "repository": plan.graph.repository, "model": plan.model,
-                "versions": [v.version for v in plan.versions], "pass_through": plan.pass_through,
+                "repository": plan.graph.repository,
+                "model": plan.model,
+                "versions": [v.version for v in plan.versions],
+                "pass_through": plan.pass_through,
                 "side_uri": _uri(plan.output_uri, staging),
                 "drift": plan.drift.model_dump() if plan.drift else None,
             },
-            batch_size=settings.batch_size, batch_format="pandas",
+            batch_size=settings.batch_size,
+            batch_format="pandas",
             compute=ActorPoolStrategy(size=settings.num_actors),
-            num_cpus=settings.num_cpus_per_actor, num_gpus=settings.num_gpus_per_actor or None,
-        )  # fmt: skip
+            num_cpus=settings.num_cpus_per_actor,
+            num_gpus=settings.num_gpus_per_actor or None,
+        )
         scored.write_parquet(staging, filesystem=out_fs)
         out_fs.create_dir(root, recursive=True)
         out_fs.move(staging, f"{root}/{part}")
@@ -339,8 +360,11 @@ def run_job(plan: JobPlan) -> dict:
         write_json(plan.output_uri, MANIFEST, manifest)  # the commit point of the round
         parts.append(part)
         rows = _count(out_fs, f"{root}/{part}")
-        print(f"round {number}/{len(rounds)}: {len(files)} file(s), {rows:,} rows scored "
-              f"in {time.perf_counter() - round_started:.1f} s", flush=True)  # fmt: skip
+        print(
+            f"round {number}/{len(rounds)}: {len(files)} file(s), {rows:,} rows scored "
+            f"in {time.perf_counter() - round_started:.1f} s",
+            flush=True,
+        )
     _remove(out_fs, f"{root}/{STAGING}")
     elapsed = time.perf_counter() - started
     summary = _summary(plan, out_fs, root, parts, skipped, elapsed)
@@ -391,14 +415,17 @@ def _summary(plan: JobPlan, filesystem, root: str, parts: list[str], skipped: in
     errors = _side_table(filesystem, root, parts, "_errors")
     actors = _side_table(filesystem, root, parts, "_actors")
     summary: dict[str, Any] = {
-        "model": plan.model, "version": plan.version.version,
+        "model": plan.model,
+        "version": plan.version.version,
         "files": {"scored": len(plan.inputs) - skipped, "skipped_already_done": skipped},
-        "rows": rows, "error_rows": len(errors), "seconds": round(elapsed, 2),
+        "rows": rows,
+        "error_rows": len(errors),
+        "seconds": round(elapsed, 2),
         "rows_per_s": round(rows / elapsed, 1) if elapsed > 0 else None,
         "nodes": sorted(set(actors["node_id"])) if len(actors) else [],
         "devices": sorted(set(actors["device"])) if "device" in actors else [],
         "errors_by_reason": errors["error"].value_counts().head(10).to_dict() if len(errors) else {},
-    }  # fmt: skip
+    }
     if len(plan.versions) > 1 and parts:
         summary["comparison"] = _comparison(plan, filesystem, root, parts)
     if plan.drift is not None:
@@ -415,13 +442,15 @@ def _comparison(plan: JobPlan, filesystem, root: str, parts: list[str]) -> dict:
     champion, challenger = (table[c].to_numpy().astype(np.float64) for c in columns)
     difference = np.abs(champion - challenger)
     return {
-        "champion_version": plan.versions[0].version, "challenger_version": plan.versions[1].version,
-        "output": output, "rows": len(champion),
+        "champion_version": plan.versions[0].version,
+        "challenger_version": plan.versions[1].version,
+        "output": output,
+        "rows": len(champion),
         "agreement_at_0.5": round(float(np.mean((champion >= 0.5) == (challenger >= 0.5))), 6),
         "mean_abs_difference": round(float(difference.mean()), 6) if len(difference) else None,
         "max_abs_difference": round(float(difference.max()), 6) if len(difference) else None,
         "correlation": round(float(np.corrcoef(champion, challenger)[0, 1]), 6) if len(champion) > 1 else None,
-    }  # fmt: skip
+    }
 
 
 def _drift_summary(checks: pd.DataFrame) -> dict:
@@ -430,11 +459,12 @@ def _drift_summary(checks: pd.DataFrame) -> dict:
     windows = checks[checks["kind"] == "prediction"]  # one row per batch checked
     features = {
         name: {
-            "batches_drifting": int(group["is_drift"].sum()), "batches": len(group),
+            "batches_drifting": int(group["is_drift"].sum()),
+            "batches": len(group),
             "median_p_value": None if group["p_value"].isna().all() else round(float(group["p_value"].median()), 6),
         }
         for name, group in checks.groupby("name")
-    }  # fmt: skip
+    }
     return {
         "batches_checked": len(windows),
         "batches_drifting": int(windows["window_drift"].sum()),
@@ -467,13 +497,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_from_args(args: argparse.Namespace) -> dict:
     import ray
 
-    flags = ("app", "model", "version", "compare", "drift", "batch_size", "num_actors", "num_cpus_per_actor",
-             "num_gpus_per_actor", "files_per_round")  # fmt: skip
+    flags = (
+        "app",
+        "model",
+        "version",
+        "compare",
+        "drift",
+        "batch_size",
+        "num_actors",
+        "num_cpus_per_actor",
+        "num_gpus_per_actor",
+        "files_per_round",
+    )
     overrides = {flag: getattr(args, flag) for flag in flags}
     plan = plan_job(load_settings(args.config, overrides), args.input, args.output)
-    print(f"scoring {plan.model} v{plan.version.version}"
-          + (f" and challenger v{plan.versions[1].version}" if len(plan.versions) > 1 else "")
-          + f" over {len(plan.inputs)} file(s) into {args.output}", flush=True)  # fmt: skip
+    print(
+        f"scoring {plan.model} v{plan.version.version}"
+        + (f" and challenger v{plan.versions[1].version}" if len(plan.versions) > 1 else "")
+        + f" over {len(plan.inputs)} file(s) into {args.output}",
+        flush=True,
+    )
     ray.init(address=args.address, ignore_reinit_error=True)
     summary = run_job(plan)
     print(json.dumps(summary, indent=1))
@@ -483,8 +526,9 @@ def run_from_args(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m batch", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m batch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     try:
         run_from_args(parser.parse_args(argv))

@@ -55,8 +55,23 @@ def in_process(repository: Path, paths: list[Path], batch_size: int) -> dict:
 
 
 def batch_job(config: Path, data: Path, output: Path, actors: int, batch_size: int) -> dict:
-    command = [sys.executable, "-m", "batch", "--config", str(config), "--input", str(data), "--output", str(output),
-               "--num-actors", str(actors), "--batch-size", str(batch_size), "--version", "1"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "batch",
+        "--config",
+        str(config),
+        "--input",
+        str(data),
+        "--output",
+        str(output),
+        "--num-actors",
+        str(actors),
+        "--batch-size",
+        str(batch_size),
+        "--version",
+        "1",
+    ]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT)
     wall = time.perf_counter() - start
@@ -86,19 +101,24 @@ def main() -> None:
     job = batch_job(config, workdir / "data", workdir / "scored", args.actors, args.batch_size)
     result = {
         **result_header("batch_throughput"),
-        "rows": args.rows, "files": args.files, "actors": args.actors, "batch_size": args.batch_size,
+        "rows": args.rows,
+        "files": args.files,
+        "actors": args.actors,
+        "batch_size": args.batch_size,
         "in_process": limit,
         "batch_job": {k: job[k] for k in ("rows", "seconds", "rows_per_s", "wall_seconds_with_cluster_start")},
         "ratio": round(job["rows_per_s"] / limit["rows_per_s"], 3),
-    }  # fmt: skip
+    }
     out = write_result(result)
     print("| path | rows | seconds | rows/s | vs in-process |")
     print("|---|---|---|---|---|")
     print(
         f"| in-process loop (ONNX Runtime) | {limit['rows']:,} | {limit['seconds']} | {limit['rows_per_s']:,} | 1.0x |"
     )
-    print(f"| batch job ({args.actors} actors) | {job['rows']:,} | {job['seconds']} | {round(job['rows_per_s']):,} |",
-          f"{result['ratio']:.2f}x |")  # fmt: skip
+    print(
+        f"| batch job ({args.actors} actors) | {job['rows']:,} | {job['seconds']} | {round(job['rows_per_s']):,} |",
+        f"{result['ratio']:.2f}x |",
+    )
     print(f"batch job wall time including the Ray cluster start: {job['wall_seconds_with_cluster_start']} s")
     print(f"written to {out}")
 

@@ -170,8 +170,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for concurrency, m in medians.items():
         off, on = m["off"], m["on"]
-        print(f"| {concurrency} | {off['requests_per_s']} | {on['requests_per_s']} | **{m['throughput_ratio']:.3f}** |",
-              f"{off['p50_ms']} | {on['p50_ms']} | {off['p99_ms']} | {on['p99_ms']} |")  # fmt: skip
+        print(
+            f"| {concurrency} | {off['requests_per_s']} | {on['requests_per_s']} | **{m['throughput_ratio']:.3f}** |",
+            f"{off['p50_ms']} | {on['p50_ms']} | {off['p99_ms']} | {on['p99_ms']} |",
+        )
     print(f"\nmonitor during the last 'on' run: {monitor}")
     print(f"detector costs: {json.dumps(costs)}")
     print(f"elapsed {result['elapsed_s']} s; written to {out}")

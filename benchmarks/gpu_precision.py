@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from common import result_header, write_result
 
-from serve_app.demo import WIDE_MODEL_NAME, build_wide_model, request_columns, synthetic_transactions
+from serve_app.demo import request_columns, synthetic_transactions
+from serve_app.large_models import WIDE_MODEL_NAME, build_wide_model
 from serve_app.quantize import quantize
 from serve_app.repository import ModelRepository
 from serve_app.runtime import load_runner
@@ -53,18 +54,28 @@ def main() -> None:
         tensors = model.preprocessor.transform(request_columns(frame))
         for batch in (1, 64):
             rows = {k: v[:batch] for k, v in tensors.items()}
-            points.append({"variant": name, "device": runner.device, "provider": runner.describe()["providers"][0],
-                           "batch": batch, "rows_per_s": round(rows_per_s(runner, rows, args.seconds))})  # fmt: skip
+            points.append(
+                {
+                    "variant": name,
+                    "device": runner.device,
+                    "provider": runner.describe()["providers"][0],
+                    "batch": batch,
+                    "rows_per_s": round(rows_per_s(runner, rows, args.seconds)),
+                }
+            )
     result = {
-        **result_header("gpu_precision"), "points": points,
-    }  # fmt: skip
+        **result_header("gpu_precision"),
+        "points": points,
+    }
     out = write_result(result)
     fp32 = {p["batch"]: p["rows_per_s"] for p in points if p["variant"] == "fp32"}
     print("| variant | device | provider | batch | rows/s | vs fp32 |")
     print("|---|---|---|---|---|---|")
     for p in points:
-        print(f"| {p['variant']} | {p['device']} | {p['provider']} | {p['batch']} | {p['rows_per_s']:,} |",
-              f"{p['rows_per_s'] / fp32[p['batch']]:.2f}x |")  # fmt: skip
+        print(
+            f"| {p['variant']} | {p['device']} | {p['provider']} | {p['batch']} | {p['rows_per_s']:,} |",
+            f"{p['rows_per_s'] / fp32[p['batch']]:.2f}x |",
+        )
     print(f"written to {out}")
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from common import result_header, write_result
 
-from serve_app.demo import WIDE_MODEL_NAME, build_torch_copy, build_wide_model
 from serve_app.errors import InvalidInput
+from serve_app.large_models import WIDE_MODEL_NAME, build_torch_copy, build_wide_model
 from serve_app.quantize import TARGETS, quantize
 
 TORCH_MODEL = f"{WIDE_MODEL_NAME}-torch"
@@ -36,9 +36,11 @@ def main() -> None:
             except InvalidInput as error:  # a target this platform or machine cannot do
                 refused[f"{model} {target}"] = str(error)
     result = {
-        **result_header("quantization"), "model": built,
-        "reports": reports, "refused": refused,
-    }  # fmt: skip
+        **result_header("quantization"),
+        "model": built,
+        "reports": reports,
+        "refused": refused,
+    }
     out = write_result(result)
     print("| model | variant | size | latency p50 batch 1 (ms) | rows/s at 256 | vs fp32 | AUC | AUC change |")
     print("|---|---|---|---|---|---|---|---|")
@@ -48,11 +50,15 @@ def main() -> None:
         before, after = r["before"], r["after"]
         if model not in shown:
             shown.add(model)
-            print(f"| {model} | fp32 | {before['file_bytes']:,} | {before['latency_p50_ms_batch_1']} |",
-                  f"{before['rows_per_s_batch_256']:,} | 1.00x | {before['auc']} | |")  # fmt: skip
-        print(f"| {model} | {target} | {after['file_bytes']:,} | {after['latency_p50_ms_batch_1']} |",
-              f"{after['rows_per_s_batch_256']:,} | {r['throughput_ratio_largest_batch']:.2f}x |",
-              f"{after['auc']} | {-r['accuracy']['drop']:+.4f} |")  # fmt: skip
+            print(
+                f"| {model} | fp32 | {before['file_bytes']:,} | {before['latency_p50_ms_batch_1']} |",
+                f"{before['rows_per_s_batch_256']:,} | 1.00x | {before['auc']} | |",
+            )
+        print(
+            f"| {model} | {target} | {after['file_bytes']:,} | {after['latency_p50_ms_batch_1']} |",
+            f"{after['rows_per_s_batch_256']:,} | {r['throughput_ratio_largest_batch']:.2f}x |",
+            f"{after['auc']} | {-r['accuracy']['drop']:+.4f} |",
+        )
     for key, reason in refused.items():
         print(f"{key}: refused: {reason}")
     print(f"written to {out}")

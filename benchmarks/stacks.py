@@ -53,7 +53,8 @@ import yaml
 from common import HERE, RESULTS, drive, free_port, result_header, write_result
 
 from serve_app.config import RAY_SERVE_ENV, haproxy_side_ports_env
-from serve_app.demo import BIG_DIMS, build_demo_repository, build_ffn_model, request_columns, synthetic_transactions
+from serve_app.demo import build_demo_repository, request_columns, synthetic_transactions
+from serve_app.large_models import BIG_DIMS, build_ffn_model
 from serve_app.protocol.raw import tensor_to_raw
 from serve_app.protocol.rest import request_body
 from serve_app.protocol.tensors import numpy_dtype
@@ -98,8 +99,16 @@ def write_bodies(workdir: Path, models: list[str], sizes: list[int]) -> dict[tup
                 document = request_body(request_columns(synthetic_transactions(rows, seed=rows)))
             else:
                 data = rng.standard_normal((rows, BIG_DIMS[0])).astype(np.float32)
-                document = {"inputs": [{"name": "embedding", "datatype": "FP32", "shape": list(data.shape),
-                                        "data": data.ravel().tolist()}]}  # fmt: skip
+                document = {
+                    "inputs": [
+                        {
+                            "name": "embedding",
+                            "datatype": "FP32",
+                            "shape": list(data.shape),
+                            "data": data.ravel().tolist(),
+                        }
+                    ]
+                }
             path = workdir / f"{model}-{rows}.json"
             path.write_text(json.dumps(document))
             bodies[model, rows] = path
@@ -137,10 +146,20 @@ def limit(repository: Path, bodies: dict[tuple[str, int], Path]) -> list[dict]:
             scorer.session.run(None, inputs)
             calls += 1
         elapsed = time.perf_counter() - start
-        points.append({"stack": "limit", "model": model, "rows": rows, "concurrency": 1, "errors": 0,
-                       "requests_per_s": round(calls / elapsed, 1), "rows_per_s": round(calls * rows / elapsed),
-                       "p50_ms": round(1000 * elapsed / calls, 3), "p99_ms": None,
-                       "peak_rss_mb": round(psutil.Process().memory_info().rss / 2**20)})  # fmt: skip
+        points.append(
+            {
+                "stack": "limit",
+                "model": model,
+                "rows": rows,
+                "concurrency": 1,
+                "errors": 0,
+                "requests_per_s": round(calls / elapsed, 1),
+                "rows_per_s": round(calls * rows / elapsed),
+                "p50_ms": round(1000 * elapsed / calls, 3),
+                "p99_ms": None,
+                "peak_rss_mb": round(psutil.Process().memory_info().rss / 2**20),
+            }
+        )
     return points
 
 
@@ -159,8 +178,15 @@ class Stack:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE), str(HERE / "servers")])}
         if self.name == "naive":
             models = [f"--model={m}={v}" for m, v in SERVED.items()]
-            return [sys.executable, str(HERE / "servers" / "naive.py"), "--repository", repository,
-                    "--port", str(self.port), *models], env  # fmt: skip
+            return [
+                sys.executable,
+                str(HERE / "servers" / "naive.py"),
+                "--repository",
+                repository,
+                "--port",
+                str(self.port),
+                *models,
+            ], env
         if self.name == "mlserver":
             return [str(MLSERVER), "start", str(self._mlserver_settings())], env
         # single+replica+batch=1: options after '+'; single:RAY_SERVE_X=0+...: Serve's flags
@@ -175,11 +201,22 @@ class Stack:
         ingress = settings.pop(INGRESS_OPTION, None)
         if settings:
             repository = str(self._repository_with(settings))
-        return [sys.executable, str(HERE / "servers" / "ray_stack.py"), "--stack", stack, "--repository",
-                repository, "--storage", str(storage), "--port", str(self.port),
-                "--preprocessing", "replica" if "replica" in options else "in_model",
-                *(["--no-merge"] if "nomerge" in options else []),
-                *(["--max-ongoing-ingress", ingress] if ingress else [])], env  # fmt: skip
+        return [
+            sys.executable,
+            str(HERE / "servers" / "ray_stack.py"),
+            "--stack",
+            stack,
+            "--repository",
+            repository,
+            "--storage",
+            str(storage),
+            "--port",
+            str(self.port),
+            "--preprocessing",
+            "replica" if "replica" in options else "in_model",
+            *(["--no-merge"] if "nomerge" in options else []),
+            *(["--max-ongoing-ingress", ingress] if ingress else []),
+        ], env
 
     def _local_config(self) -> Path:
         """configs/local.yaml on this run's repository, storage and ports."""
@@ -214,14 +251,24 @@ class Stack:
     def _mlserver_settings(self) -> Path:
         folder = self.workdir / "mlserver"
         folder.mkdir(exist_ok=True)
-        settings = {"http_port": self.port, "grpc_port": free_port(), "metrics_port": free_port(),
-                    "host": "127.0.0.1", "debug": False}  # fmt: skip
+        settings = {
+            "http_port": self.port,
+            "grpc_port": free_port(),
+            "metrics_port": free_port(),
+            "host": "127.0.0.1",
+            "debug": False,
+        }
         (folder / "settings.json").write_text(json.dumps(settings))
         for model, version in SERVED.items():
             (folder / model).mkdir(exist_ok=True)
             uri = str(self.workdir / "repository" / model / str(version))
-            model_settings = {"name": model, "implementation": "mlserver_runtime.OnnxModel",
-                              "max_batch_size": 32, "max_batch_time": 0.005, "parameters": {"uri": uri}}  # fmt: skip
+            model_settings = {
+                "name": model,
+                "implementation": "mlserver_runtime.OnnxModel",
+                "max_batch_size": 32,
+                "max_batch_time": 0.005,
+                "parameters": {"uri": uri},
+            }
             (folder / model / "model-settings.json").write_text(json.dumps(model_settings))
         return folder
 
@@ -254,8 +301,9 @@ class Stack:
     def _answers(self) -> bool:
         try:
             body = min(self.workdir.glob("fraud-*.json")).read_bytes()  # any request the stack must answer
-            response = httpx.post(self.url("fraud"), content=body, timeout=10,
-                                  headers={"Content-Type": "application/json"})  # fmt: skip
+            response = httpx.post(
+                self.url("fraud"), content=body, timeout=10, headers={"Content-Type": "application/json"}
+            )
             return response.status_code == 200
         except httpx.HTTPError:
             return False
@@ -344,9 +392,14 @@ def measure(stack: Stack, model: str, rows: int, body: Path, concurrency: int, a
         sampler.join()
     cpu = {role: seconds - cpu_before.get(role, 0.0) for role, seconds in stack.cpu_seconds().items()}
     answered = max(point["requests"], 1) * (1 + args.warmup_s / args.duration_s)  # warm-up requests cost too
-    point.update(stack=stack.name, model=model, rows=rows, rows_per_s=round(point["requests_per_s"] * rows),
-                 peak_rss_mb=round(peak[0]),
-                 cpu_ms_per_request={r: round(1000 * s / answered, 2) for r, s in sorted(cpu.items())})  # fmt: skip
+    point.update(
+        stack=stack.name,
+        model=model,
+        rows=rows,
+        rows_per_s=round(point["requests_per_s"] * rows),
+        peak_rss_mb=round(peak[0]),
+        cpu_ms_per_request={r: round(1000 * s / answered, 2) for r, s in sorted(cpu.items())},
+    )
     return point
 
 
@@ -366,15 +419,21 @@ def headline(points: list[dict]) -> dict:
 
 def markdown(result: dict) -> str:
     points, best = result["points"], result["headline"]
-    lines = [f"# Serving stacks side by side ({result['date']}, {result['machine']['cpus']} CPUs)", "",
-             f"Headline: the highest rows/s with p99 under {SLA_MS:g} ms (the fraud SLA); `-` where no point met it.",
-             ""]  # fmt: skip
+    lines = [
+        f"# Serving stacks side by side ({result['date']}, {result['machine']['cpus']} CPUs)",
+        "",
+        f"Headline: the highest rows/s with p99 under {SLA_MS:g} ms (the fraud SLA); `-` where no point met it.",
+        "",
+    ]
     for model in result["models"]:
         for rows in result["sizes"]:
             limit_best = best.get(f"limit {model} {rows}", {}).get("rows_per_s")
-            lines += [f"## {model}, {rows}-row requests", "",
-                      "| stack | headline rows/s | at c | vs limit | vs naive | vs vanilla | vs mlserver |",
-                      "|---|---|---|---|---|---|---|"]  # fmt: skip
+            lines += [
+                f"## {model}, {rows}-row requests",
+                "",
+                "| stack | headline rows/s | at c | vs limit | vs naive | vs vanilla | vs mlserver |",
+                "|---|---|---|---|---|---|---|",
+            ]
             for stack in ["limit", *result["stacks"]]:
                 entry = best.get(f"{stack} {model} {rows}")
                 if entry is None:
@@ -386,15 +445,22 @@ def markdown(result: dict) -> str:
                     return f"{entry['rows_per_s'] / base:.2f}x" if base else ""
 
                 vs_limit = f"{entry['rows_per_s'] / limit_best:.3f}x" if limit_best else ""
-                lines.append(f"| {stack} | {entry['rows_per_s']:,} | {entry['concurrency']} | {vs_limit} | "
-                             f"{ratio('naive')} | {ratio('vanilla')} | {ratio('mlserver')} |")  # fmt: skip
-            lines += ["", "| stack | c | req/s | rows/s | p50 ms | p99 ms | errors | peak RSS MB | CPU ms/request |",
-                      "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                lines.append(
+                    f"| {stack} | {entry['rows_per_s']:,} | {entry['concurrency']} | {vs_limit} | "
+                    f"{ratio('naive')} | {ratio('vanilla')} | {ratio('mlserver')} |"
+                )
+            lines += [
+                "",
+                "| stack | c | req/s | rows/s | p50 ms | p99 ms | errors | peak RSS MB | CPU ms/request |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
             for p in points:
                 if p["model"] == model and p["rows"] == rows:
-                    lines.append(f"| {p['stack']} | {p['concurrency']} | {p['requests_per_s']:,} | "
-                                 f"{p['rows_per_s']:,} | {p['p50_ms']} | {p['p99_ms']} | {p['errors']} | "
-                                 f"{p['peak_rss_mb']:,} | {_cpu(p)} |")  # fmt: skip
+                    lines.append(
+                        f"| {p['stack']} | {p['concurrency']} | {p['requests_per_s']:,} | "
+                        f"{p['rows_per_s']:,} | {p['p50_ms']} | {p['p99_ms']} | {p['errors']} | "
+                        f"{p['peak_rss_mb']:,} | {_cpu(p)} |"
+                    )
             lines.append("")
     return "\n".join(lines)
 
@@ -418,8 +484,11 @@ def plot(result: dict, out: Path) -> None:
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for axis, (model, rows) in zip(axes[0], panels):
         for stack in result["stacks"]:
-            series = sorted((p["p99_ms"], p["rows_per_s"]) for p in result["points"]
-                            if (p["stack"], p["model"], p["rows"]) == (stack, model, rows) and p["p99_ms"])  # fmt: skip
+            series = sorted(
+                (p["p99_ms"], p["rows_per_s"])
+                for p in result["points"]
+                if (p["stack"], p["model"], p["rows"]) == (stack, model, rows) and p["p99_ms"]
+            )
             if series:
                 axis.plot([s[0] for s in series], [s[1] for s in series], marker="o", label=stack)
         axis.axvline(SLA_MS, color="grey", linestyle="--", linewidth=1)
@@ -471,10 +540,15 @@ def main() -> None:
                         point = median_run(runs)
                         points.append(point)
                         print(json.dumps(point), flush=True)
-    result = {**result_header(args.name), "models": models, "sizes": sizes, "stacks": stacks, "format": args.format,
-              "settings": {"duration_s": args.duration_s, "warmup_s": args.warmup_s, "sla_ms": SLA_MS,
-                           "repeat": args.repeat},
-              "points": points}  # fmt: skip
+    result = {
+        **result_header(args.name),
+        "models": models,
+        "sizes": sizes,
+        "stacks": stacks,
+        "format": args.format,
+        "settings": {"duration_s": args.duration_s, "warmup_s": args.warmup_s, "sla_ms": SLA_MS, "repeat": args.repeat},
+        "points": points,
+    }
     result["headline"] = headline(points)
     if args.smoke:
         print(markdown(result))

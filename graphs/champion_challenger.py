@@ -57,6 +57,10 @@ def build_app(args: dict) -> Application:
     )
     router_settings = settings.model_dump(include=set(GraphArgs.model_fields))
     return router(settings).bind(
-        router_settings, pipelines, experiments, traffic, drift_monitor(settings, served, experiments),
+        router_settings,
+        pipelines,
+        experiments,
+        traffic,
+        drift_monitor(settings, served, experiments),
         settings.model_dump(mode="json"),
-    )  # fmt: skip
+    )

@@ -34,8 +34,19 @@ def main() -> int:
     parser.add_argument("--lock", default=str(ROOT / "requirements.lock"))
     parser.add_argument("--require-service", action="store_true", help="fail when nothing could be audited")
     options = parser.parse_args()
-    command = [sys.executable, "-m", "pip_audit", "-r", options.lock, "--no-deps", "--disable-pip",
-               "--format", "json", "--progress-spinner", "off"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pip_audit",
+        "-r",
+        options.lock,
+        "--no-deps",
+        "--disable-pip",
+        "--format",
+        "json",
+        "--progress-spinner",
+        "off",
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     try:
         report = json.loads(result.stdout)

@@ -14,11 +14,11 @@ def _demo_build(args: argparse.Namespace) -> int:
 
     metrics = build_demo_repository(args.out, seed=args.seed)
     if args.wide:
-        from serve_app.demo import build_wide_model
+        from serve_app.large_models import build_wide_model
 
         metrics["wide"] = build_wide_model(args.out, seed=args.seed)
     if args.ffn:
-        from serve_app.demo import build_ffn_model
+        from serve_app.large_models import build_ffn_model
 
         metrics["ffn"] = str(build_ffn_model(args.out, seed=args.seed))
     print(f"demo repository written to {args.out}")
@@ -90,16 +90,19 @@ def _drift_fit(args: argparse.Namespace) -> int:
         detectors = build_detectors(version, drift)
         detectors.save(version.path / BUNDLE_FOLDER)
         took = time.perf_counter() - start
-        print(f"{version.name} v{version.version}: {drift.mode} detectors over {detectors.schema.names}, "
-              f"configured in {took:.1f} s -> {version.path / BUNDLE_FOLDER}")  # fmt: skip
+        print(
+            f"{version.name} v{version.version}: {drift.mode} detectors over {detectors.schema.names}, "
+            f"configured in {took:.1f} s -> {version.path / BUNDLE_FOLDER}"
+        )
     return 0
 
 
 def _quantize(args: argparse.Namespace) -> int:
     from serve_app.quantize import quantize, render_markdown
 
-    report = quantize(args.repository, args.model, args.version, args.to, args.calibration,
-                      args.max_accuracy_drop, args.label)  # fmt: skip
+    report = quantize(
+        args.repository, args.model, args.version, args.to, args.calibration, args.max_accuracy_drop, args.label
+    )
     print(render_markdown(report))
     print(f"registered as {args.model} v{report['version']} (report: quantization.json and quantization.md beside it)")
     return 0
@@ -110,15 +113,21 @@ def _models_list(args: argparse.Namespace) -> int:
     if args.url:
         import urllib.request
 
-        request = urllib.request.Request(f"{args.url.rstrip('/')}/v2/repository/index", b"{}", method="POST",
-                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        request = urllib.request.Request(
+            f"{args.url.rstrip('/')}/v2/repository/index",
+            b"{}",
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             entries = json.loads(response.read())
     else:
         from serve_app.repository import ModelRepository
 
-        entries = [{**e, "state": e["state"] if not e["reason"].startswith("not loaded") else "ON DISK", "reason": ""}
-                   for e in ModelRepository(args.repository).index(set())]  # fmt: skip
+        entries = [
+            {**e, "state": e["state"] if not e["reason"].startswith("not loaded") else "ON DISK", "reason": ""}
+            for e in ModelRepository(args.repository).index(set())
+        ]
     print(f"{'MODEL':<24} {'VERSION':<8} {'STATE':<12} REASON")
     for entry in entries:
         print(f"{entry['name']:<24} {entry['version']:<8} {entry['state']:<12} {entry['reason']}")

@@ -7,9 +7,20 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Datatype = Literal[
-    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-    "FP16", "FP32", "FP64", "BYTES",
-]  # fmt: skip
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+]
 
 # Names end up in URLs, deployment names and file paths: keep them to a safe alphabet.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -44,20 +55,13 @@ RAY_SERVE_ENV = {
     "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "31500",
     "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": "32500",
 }
-"""Ray Serve's environment for serve-app's cluster (every Ray process reads it at start): Ray's
-high-throughput bundle cuts Serve's CPU per request by 20-30% (benchmarks/results/
-throughput-optimized-*.md), and Ray's HAProxy ingress on every node fronts the ingress replicas'
-own ports (direct ingress) on ports 8000 and 9000, where Serve's Python proxy made several Ray
-calls per request: 2-2.5x the requests per second (README, "Speed"). HAProxy's server timeout
-takes the place of the proxy's request_timeout_s (30 s in configs/*.yaml). A stopping Router
-replica drains for 5 s, not Ray's 30 s: that default waits for a cloud load balancer to deregister
-the replica's port, and here only HAProxy fronts it, which Ray reconfigures on every node as soon as
-the replica stops (a live `serve deploy` loses no request either way; the tests hold that). `make
-run`, cluster.yaml, the tests and the benchmark harness set it. The Router replicas' gRPC ports
-(31500-32500, not Ray's 40000-41000) stay below Linux's ephemeral range (32768-60999), where Serve's
-replica-to-replica gRPC servers take OS-assigned ports, and gRPC binds with SO_REUSEPORT. Once, a
-router's calls to its experiments replica were answered UNIMPLEMENTED ("Method not found") for
-minutes, as from a Router's inference server on the same port: the likely cause, kept apart here."""
+"""Ray Serve's environment for serve-app's cluster (every Ray process reads it at start; `make run`,
+cluster.yaml, the tests and the benchmarks set it): Ray's high-throughput bundle, and Ray's HAProxy
+on every node in front of the ingress replicas' own ports (direct ingress) on 8000 and 9000, 2-2.5x
+the requests per second of Serve's Python proxy (docs/speed.md). HAProxy's server timeout replaces
+the proxy's request_timeout_s. A stopping Router drains 5 s, not Ray's 30 s (meant for a cloud load
+balancer; here Ray reconfigures HAProxy as the replica stops). The Routers' gRPC ports stay below
+Linux's ephemeral range (32768-60999), where replica-to-replica gRPC servers take OS-assigned ports."""
 
 
 def haproxy_side_ports_env(stats_port: int, metrics_port: int) -> dict[str, str]:
@@ -156,7 +160,7 @@ class ModelConfig(Strict):
 
 
 class ExperimentSettings(Strict):
-    """How a champion/challenger experiment decides (see routing.SequentialTest)."""
+    """How a champion/challenger experiment decides (see serve_app/experiments/sequential.py)."""
 
     metric: Literal["reward", "accuracy"] = "reward"
     """reward: mean feedback reward per request; accuracy: share of predictions matching feedback labels."""
@@ -272,8 +276,10 @@ class DriftSettings(Strict):
     @model_validator(mode="after")
     def _windows_fit(self) -> DriftSettings:
         if self.window_size > self.max_buffered_rows:
-            raise ValueError(f"window_size {self.window_size} exceeds max_buffered_rows {self.max_buffered_rows}: "
-                             "no window would ever fill")  # fmt: skip
+            raise ValueError(
+                f"window_size {self.window_size} exceeds max_buffered_rows {self.max_buffered_rows}: "
+                "no window would ever fill"
+            )
         if self.min_window_size > self.window_size:
             raise ValueError(f"min_window_size {self.min_window_size} exceeds window_size {self.window_size}")
         return self

@@ -7,7 +7,6 @@ large amounts on new accounts) that a linear model cannot, so it scores better.
 
 from __future__ import annotations
 
-import itertools
 import json
 import warnings
 from pathlib import Path
@@ -119,16 +118,24 @@ def dense_onnx(
         [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch"])],
         initializers,
     )
-    return _finish(graph, doc)
+    return finish_model(graph, doc)
 
 
 ECHO_DATATYPES = {
-    "BOOL": TensorProto.BOOL, "UINT8": TensorProto.UINT8, "UINT16": TensorProto.UINT16,
-    "UINT32": TensorProto.UINT32, "UINT64": TensorProto.UINT64, "INT8": TensorProto.INT8,
-    "INT16": TensorProto.INT16, "INT32": TensorProto.INT32, "INT64": TensorProto.INT64,
-    "FP16": TensorProto.FLOAT16, "FP32": TensorProto.FLOAT, "FP64": TensorProto.DOUBLE,
+    "BOOL": TensorProto.BOOL,
+    "UINT8": TensorProto.UINT8,
+    "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32,
+    "UINT64": TensorProto.UINT64,
+    "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
     "BYTES": TensorProto.STRING,
-}  # fmt: skip
+}
 DENSE_IN, DENSE_OUT = 256, 64
 
 
@@ -139,7 +146,7 @@ def echo_onnx() -> onnx.ModelProto:
         inputs.append(helper.make_tensor_value_info(f"INPUT_{datatype}", element, ["batch", "n"]))
         outputs.append(helper.make_tensor_value_info(f"OUTPUT_{datatype}", element, ["batch", "n"]))
         nodes.append(helper.make_node("Identity", [f"INPUT_{datatype}"], [f"OUTPUT_{datatype}"]))
-    return _finish(helper.make_graph(nodes, "echo", inputs, outputs), "echo: every datatype, unchanged")
+    return finish_model(helper.make_graph(nodes, "echo", inputs, outputs), "echo: every datatype, unchanged")
 
 
 def dense_projection_onnx(seed: int) -> onnx.ModelProto:
@@ -158,10 +165,10 @@ def dense_projection_onnx(seed: int) -> onnx.ModelProto:
         [helper.make_tensor_value_info("OUTPUT", TensorProto.FLOAT, ["batch", DENSE_OUT])],
         [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")],
     )
-    return _finish(graph, "dense: 256 -> 64 ReLU projection")
+    return finish_model(graph, "dense: 256 -> 64 ReLU projection")
 
 
-def _finish(graph: onnx.GraphProto, doc: str) -> onnx.ModelProto:
+def finish_model(graph: onnx.GraphProto, doc: str) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="serve-app")
     model.doc_string = doc
     model.ir_version = 9
@@ -169,7 +176,7 @@ def _finish(graph: onnx.GraphProto, doc: str) -> onnx.ModelProto:
     return model
 
 
-def _plain_config(name: str, description: str, inputs: list, outputs: list) -> dict:
+def plain_config(name: str, description: str, inputs: list, outputs: list) -> dict:
     return {
         "name": name,
         "platform": "onnxruntime_onnx",
@@ -183,7 +190,7 @@ def _plain_config(name: str, description: str, inputs: list, outputs: list) -> d
     }
 
 
-def _write_model(root: Path, name: str, model: onnx.ModelProto, config: dict) -> None:
+def write_model(root: Path, name: str, model: onnx.ModelProto, config: dict) -> None:
     (root / name / "1").mkdir(parents=True, exist_ok=True)
     onnx.save(model, root / name / "1" / "model.onnx")
     (root / name / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -245,26 +252,38 @@ def build_demo_repository(out: str | Path, seed: int = 7, train_rows: int = 60_0
         onnx.save(model, version_dir / "model.onnx")
         preprocessor.save(version_dir / "preprocessor.json")
         reference.to_parquet(version_dir / "reference.parquet", index=False)
-        scores = _score(layers, x_valid)
+        scores = score_layers(layers, x_valid)
         metrics[str(version)] = {"architecture": architecture, "auc": round(float(roc_auc_score(y_valid, scores)), 6)}
     validation.to_parquet(model_dir / "validation.parquet", index=False)
     (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     (model_dir / "config.yaml").write_text(yaml.safe_dump(model_config(preprocessor.width), sort_keys=False))
     echo_tensors = [{"datatype": dt, "dims": [-1, -1]} for dt in ECHO_DATATYPES]
-    _write_model(out, "echo", echo_onnx(), _plain_config(
-        "echo", "Returns every input unchanged: one tensor of each protocol datatype.",
-        [{"name": f"INPUT_{t['datatype']}", **t} for t in echo_tensors],
-        [{"name": f"OUTPUT_{t['datatype']}", **t} for t in echo_tensors],
-    ))  # fmt: skip
-    _write_model(out, "dense", dense_projection_onnx(seed), _plain_config(
-        "dense", "A 256 -> 64 ReLU projection of an FP32 tensor.",
-        [{"name": "INPUT", "datatype": "FP32", "dims": [-1, DENSE_IN]}],
-        [{"name": "OUTPUT", "datatype": "FP32", "dims": [-1, DENSE_OUT]}],
-    ))  # fmt: skip
+    write_model(
+        out,
+        "echo",
+        echo_onnx(),
+        plain_config(
+            "echo",
+            "Returns every input unchanged: one tensor of each protocol datatype.",
+            [{"name": f"INPUT_{t['datatype']}", **t} for t in echo_tensors],
+            [{"name": f"OUTPUT_{t['datatype']}", **t} for t in echo_tensors],
+        ),
+    )
+    write_model(
+        out,
+        "dense",
+        dense_projection_onnx(seed),
+        plain_config(
+            "dense",
+            "A 256 -> 64 ReLU projection of an FP32 tensor.",
+            [{"name": "INPUT", "datatype": "FP32", "dims": [-1, DENSE_IN]}],
+            [{"name": "OUTPUT", "datatype": "FP32", "dims": [-1, DENSE_OUT]}],
+        ),
+    )
     return metrics
 
 
-def _score(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray) -> np.ndarray:
+def score_layers(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray) -> np.ndarray:
     """The exported graph's arithmetic in numpy, for the metrics (no runtime needed)."""
     h = x.astype(np.float64)
     for index, (weight, bias) in enumerate(layers):
@@ -272,124 +291,3 @@ def _score(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray) -> np.nda
         if index < len(layers) - 1:
             h = np.maximum(h, 0.0)
     return (1.0 / (1.0 + np.exp(-h))).ravel()
-
-
-WIDE_MODEL_NAME = "fraud-wide"
-WIDE_HIDDEN = (1024, 1024, 512)
-
-
-def build_wide_model(root: str | Path, seed: int = 7, train_rows: int = 30_000, epochs: int = 4) -> dict:
-    """`fraud-wide` v1: the fraud task as a 1024-1024-512 MLP, large enough that a model call is
-    matrix arithmetic rather than overhead (what quantisation speeds up). A few epochs only: its
-    AUC is close to v2's, and building it takes tens of seconds, so the demo builds it on request
-    (`serve-app demo build --wide`)."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.metrics import roc_auc_score
-    from sklearn.neural_network import MLPClassifier
-
-    root = Path(root)
-    train = synthetic_transactions(train_rows, seed)
-    validation = synthetic_transactions(20_000, seed + 1)
-    reference = synthetic_transactions(2_000, seed + 2).drop(columns=[LABEL])
-    preprocessor = Preprocessor.fit(train, NUMERIC, CATEGORICAL, BOOLEAN, log=LOG_SCALED)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        mlp = MLPClassifier(hidden_layer_sizes=WIDE_HIDDEN, alpha=1e-3, max_iter=epochs, random_state=seed)
-        mlp.fit(preprocessor.transform_frame(train), train[LABEL].to_numpy())
-    layers = list(zip(mlp.coefs_, mlp.intercepts_))
-    version_dir = root / WIDE_MODEL_NAME / "1"
-    version_dir.mkdir(parents=True, exist_ok=True)
-    onnx.save(dense_onnx(layers, "features", "fraud_probability", "fraud-wide v1: MLP 1024-1024-512"),
-              version_dir / "model.onnx")  # fmt: skip
-    preprocessor.save(version_dir / "preprocessor.json")
-    reference.to_parquet(version_dir / "reference.parquet", index=False)
-    validation.to_parquet(root / WIDE_MODEL_NAME / "validation.parquet", index=False)
-    config = {**model_config(preprocessor.width), "name": WIDE_MODEL_NAME, "version_policy": {"latest": 1},
-              "description": "Fraud probability from a wide MLP (quantisation demo)."}  # fmt: skip
-    (root / WIDE_MODEL_NAME / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    auc = roc_auc_score(validation[LABEL], _score(layers, preprocessor.transform_frame(validation)))
-    return {"model": WIDE_MODEL_NAME, "auc": round(float(auc), 6)}
-
-
-def dense_layers(model: onnx.ModelProto) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The (weight, bias) pairs of a graph written by `dense_onnx`, in order."""
-    arrays = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    return [(arrays[f"W{i}"], arrays[f"B{i}"]) for i in range(sum(name.startswith("W") for name in arrays))]
-
-
-def build_torch_copy(root: str | Path, source: str, name: str, file_format: str = "pt") -> Path:
-    """`<name>` v1: a PyTorch twin of `<source>`'s latest fp32 dense ONNX version (same weights, same
-    preprocessor, reference and validation set), as TorchScript (pt) or a torch.export program
-    (pt2): the PyTorch side of quantisation and export, on a model whose AUC is known."""
-    from serve_app.extras import require
-
-    torch = require("torch", "a PyTorch copy of a demo model")
-
-    from serve_app.repository import ModelRepository
-
-    repo = ModelRepository(root)
-    fp32 = [n for n in repo.available_versions(source) if repo.version(source, n).precision == "fp32"]
-    version = repo.version(source, fp32[-1])
-    linear = []
-    for weight, bias in dense_layers(onnx.load(str(version.model_file))):
-        layer = torch.nn.Linear(*weight.shape)
-        layer.weight.data, layer.bias.data = torch.from_numpy(weight.T.copy()), torch.from_numpy(bias.copy())
-        linear.append(layer)
-    stack = [m for layer in linear[:-1] for m in (layer, torch.nn.ReLU())]
-    module = torch.nn.Sequential(*stack, linear[-1], torch.nn.Sigmoid(), torch.nn.Flatten(0)).eval()
-    out = Path(root) / name
-    (out / "1").mkdir(parents=True, exist_ok=True)
-    if file_format == "pt2":
-        example = (torch.zeros(2, linear[0].in_features),)
-        program = torch.export.export(module, example, dynamic_shapes=({0: torch.export.Dim("batch")},))
-        torch.export.save(program, str(out / "1" / "model.pt2"))
-    else:
-        torch.jit.script(module).save(str(out / "1" / "model.pt"))
-    for file in ("preprocessor.json", "reference.parquet"):
-        (out / "1" / file).write_bytes((version.path / file).read_bytes())
-    (out / "validation.parquet").write_bytes((version.path.parent / "validation.parquet").read_bytes())
-    config = {**version.config.model_dump(mode="json", exclude_none=True), "name": name,
-              "platform": "pytorch_libtorch", "version_policy": {"latest": 1}}  # fmt: skip
-    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return out
-
-
-BIG_MODEL_NAME = "ffn"
-BIG_DIMS = (512, 4096, 4096, 4096, 512)
-
-
-def ffn_onnx(seed: int) -> onnx.ModelProto:
-    """A transformer-sized feed-forward stack, 512 -> 4096 -> 4096 -> 4096 -> 512 (ReLU between),
-    38 M parameters (151 MB). At batch 1 a call reads every weight for one row (memory-bound, about
-    3 ms here); at batch 32 the same read serves 32 rows: the model where batching pays. Random
-    weights (He-initialised, seeded): it exists to cost what such a model costs."""
-    rng = np.random.default_rng(seed)
-    nodes, initializers, current = [], [], "embedding"
-    for index, (fan_in, fan_out) in enumerate(itertools.pairwise(BIG_DIMS)):
-        weight = (rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-        initializers.append(numpy_helper.from_array(weight, f"W{index}"))
-        last = index == len(BIG_DIMS) - 2
-        nodes.append(helper.make_node("MatMul", [current, f"W{index}"], ["output" if last else f"m{index}"]))
-        if not last:
-            nodes.append(helper.make_node("Relu", [f"m{index}"], [f"h{index}"]))
-            current = f"h{index}"
-    graph = helper.make_graph(
-        nodes, "ffn",
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", BIG_DIMS[0]])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", BIG_DIMS[-1]])],
-        initializers,
-    )  # fmt: skip
-    return _finish(graph, "ffn: 512-4096-4096-4096-512 feed-forward stack, 38M parameters (benchmark model)")
-
-
-def build_ffn_model(root: str | Path, seed: int = 7) -> Path:
-    """`ffn` v1: the compute-heavy model of the benchmarks (`serve-app demo build --ffn`)."""
-    config = _plain_config(
-        BIG_MODEL_NAME, "A transformer-sized feed-forward stack on 512-wide embeddings (a benchmark model).",
-        [{"name": "embedding", "datatype": "FP32", "dims": [-1, BIG_DIMS[0]]}],
-        [{"name": "output", "datatype": "FP32", "dims": [-1, BIG_DIMS[-1]]}],
-    )  # fmt: skip
-    config["dynamic_batching"] = {"max_batch_size": 32, "batch_wait_timeout_s": 0.0}
-    config["instances"]["num_cpus"] = 1
-    _write_model(Path(root), BIG_MODEL_NAME, ffn_onnx(seed), config)
-    return Path(root) / BIG_MODEL_NAME

@@ -33,10 +33,16 @@ from serve_app.repository import PREPROCESSOR_FILE, REFERENCE_FILE, ModelReposit
 
 CONFIG_FILE = "config.yaml"
 _ONNX_DATATYPES = {
-    onnx.TensorProto.FLOAT: "FP32", onnx.TensorProto.DOUBLE: "FP64", onnx.TensorProto.FLOAT16: "FP16",
-    onnx.TensorProto.INT64: "INT64", onnx.TensorProto.INT32: "INT32", onnx.TensorProto.BOOL: "BOOL",
-    onnx.TensorProto.STRING: "BYTES", onnx.TensorProto.UINT8: "UINT8", onnx.TensorProto.INT8: "INT8",
-}  # fmt: skip
+    onnx.TensorProto.FLOAT: "FP32",
+    onnx.TensorProto.DOUBLE: "FP64",
+    onnx.TensorProto.FLOAT16: "FP16",
+    onnx.TensorProto.INT64: "INT64",
+    onnx.TensorProto.INT32: "INT32",
+    onnx.TensorProto.BOOL: "BOOL",
+    onnx.TensorProto.STRING: "BYTES",
+    onnx.TensorProto.UINT8: "UINT8",
+    onnx.TensorProto.INT8: "INT8",
+}
 
 
 def check_name(model: str) -> None:
@@ -64,8 +70,10 @@ def commit_version(repository: str | Path, model: str, staging: Path) -> int:
     try:
         staging.rename(target)  # never onto a version folder: rename refuses a non-empty one
     except OSError:
-        raise InvalidInput(f"{model} v{version} already exists (written meanwhile by someone else): "
-                           "nothing was written; run the command again") from None  # fmt: skip
+        raise InvalidInput(
+            f"{model} v{version} already exists (written meanwhile by someone else): "
+            "nothing was written; run the command again"
+        ) from None
     return version
 
 
@@ -83,10 +91,12 @@ def config_from_graph(model: str, graph: onnx.GraphProto, max_batch_size: int = 
 
     initializers = {i.name for i in graph.initializer}
     return {
-        "name": model, "platform": "onnxruntime_onnx", "max_batch_size": max_batch_size,
+        "name": model,
+        "platform": "onnxruntime_onnx",
+        "max_batch_size": max_batch_size,
         "inputs": [spec(i) for i in graph.input if i.name not in initializers],
         "outputs": [spec(o) for o in graph.output],
-    }  # fmt: skip
+    }
 
 
 def _load_onnx(path: Path) -> onnx.ModelProto:
@@ -224,10 +234,14 @@ def export(
             with warnings.catch_warnings():  # TorchScript modules have no Python signature to read: expected
                 warnings.filterwarnings("ignore", message="no signature found", category=UserWarning)
                 torch.onnx.export(
-                    module, (torch.from_numpy(features[:2]),), str(scratch), input_names=[input_name],
-                    output_names=[output_name], dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+                    module,
+                    (torch.from_numpy(features[:2]),),
+                    str(scratch),
+                    input_names=[input_name],
+                    output_names=[output_name],
+                    dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
                     dynamo=False,
-                )  # fmt: skip
+                )
         except Exception as error:
             raise InvalidInput(
                 f"{torch_file}: cannot be exported to ONNX: {str(error).splitlines()[0][:300]}"
@@ -238,8 +252,10 @@ def export(
         got = session.run(None, {input_name: features})[0]
         difference = float(np.max(np.abs(got.reshape(expected.shape) - expected))) if expected.size else 0.0
         if not difference <= tolerance:
-            raise InvalidInput(f"parity failed: ONNX Runtime differs from PyTorch by {difference:.3g} "
-                               f"(> tolerance {tolerance:g}) on {len(frame)} example rows: not registered")  # fmt: skip
+            raise InvalidInput(
+                f"parity failed: ONNX Runtime differs from PyTorch by {difference:.3g} "
+                f"(> tolerance {tolerance:g}) on {len(frame)} example rows: not registered"
+            )
         result = register(repository, model, scratch, preprocessor_file, example)
     finally:
         scratch.unlink(missing_ok=True)

@@ -102,8 +102,10 @@ def _target_device(source: ModelVersion, to: str) -> str:
     name = f"{source.name} v{source.version}"
     if source.config.platform == "onnxruntime_onnx":
         if to == "bf16":
-            raise InvalidInput(f"--to bf16: {name} is an ONNX model; its variants are int8-dynamic, int8-static "
-                               "or fp16 (bf16 is for PyTorch models)")  # fmt: skip
+            raise InvalidInput(
+                f"--to bf16: {name} is an ONNX model; its variants are int8-dynamic, int8-static "
+                "or fp16 (bf16 is for PyTorch models)"
+            )
         return "cuda" if to == "fp16" and _onnx_gpu() else "cpu"
     if to == "int8-static":
         raise InvalidInput(
@@ -176,9 +178,14 @@ def _convert(source: ModelVersion, to: str, out: Path, rows: dict[str, np.ndarra
                 quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=True)
             else:
                 quantize_static(
-                    str(prepared), str(out), _Calibration(rows), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                )  # fmt: skip
+                    str(prepared),
+                    str(out),
+                    _Calibration(rows),
+                    quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    per_channel=True,
+                )
         except InvalidInput:
             raise
         except Exception as error:
@@ -290,14 +297,18 @@ def _report(source: ModelVersion, variant: ModelVersion, to: str, validation, de
     largest = f"rows_per_s_batch_{source.config.max_batch_size}"
     drop = None if before["auc"] is None else round(before["auc"] - after["auc"], 6)
     return {
-        "model": source.name, "source_version": source.version, "method": to, "precision": PRECISION[to],
-        "before": before, "after": after,
+        "model": source.name,
+        "source_version": source.version,
+        "method": to,
+        "precision": PRECISION[to],
+        "before": before,
+        "after": after,
         "size_ratio": round(after["file_bytes"] / before["file_bytes"], 4),
         "latency_ratio_batch_1": round(after["latency_p50_ms_batch_1"] / before["latency_p50_ms_batch_1"], 3),
         "throughput_ratio_largest_batch": round(after[largest] / before[largest], 3),
         "accuracy": {"metric": "auc", "before": before["auc"], "after": after["auc"], "drop": drop},
         "measured_on": after["runtime"],
-    }  # fmt: skip
+    }
 
 
 def _where(runtime: dict) -> str:

@@ -176,8 +176,14 @@ class ModelRepository:
                 continue
             for version in versions:
                 ready = (name, version) in served
-                entries.append({"name": name, "version": str(version), "state": "READY" if ready else "UNAVAILABLE",
-                                "reason": "" if ready else "not loaded by this application"})  # fmt: skip
+                entries.append(
+                    {
+                        "name": name,
+                        "version": str(version),
+                        "state": "READY" if ready else "UNAVAILABLE",
+                        "reason": "" if ready else "not loaded by this application",
+                    }
+                )
         return entries
 
     def check(self, names: list[str] | None = None, versions: dict[str, list[int]] | None = None) -> list[ModelVersion]:

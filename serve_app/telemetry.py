@@ -40,8 +40,13 @@ class ShadowStats:
 
     def summary(self) -> dict:
         agreement = None if not self.compared else round(1 - self.disagreements / self.compared, 4)
-        return {"calls": self.calls, "failures": self.failures, "compared": self.compared,
-                "disagreements": self.disagreements, "agreement": agreement}  # fmt: skip
+        return {
+            "calls": self.calls,
+            "failures": self.failures,
+            "compared": self.compared,
+            "disagreements": self.disagreements,
+            "agreement": agreement,
+        }
 
 
 def disagrees(production_score: float | None, shadow_score: float | None) -> bool | None:

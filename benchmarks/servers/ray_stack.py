@@ -75,8 +75,12 @@ def deploy(
             app = Forwarder.bind(VanillaModel.bind(str(repository / model / str(version))))
             serve.run(app, name=model, route_prefix=f"/v2/models/{model}/infer")
         return
-    args = {"repository": str(repository), "models": list(SERVED), "storage_uri": str(storage),
-            "preprocessing": preprocessing}  # fmt: skip
+    args = {
+        "repository": str(repository),
+        "models": list(SERVED),
+        "storage_uri": str(storage),
+        "preprocessing": preprocessing,
+    }
     if max_ongoing_ingress:
         args["max_ongoing_requests_ingress"] = max_ongoing_ingress
     args["merge_before_hop"] = merge

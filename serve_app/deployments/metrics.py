@@ -1,5 +1,5 @@
 """serve-app's Prometheus metrics, through ray.serve.metrics (Ray exports them as ray_<name>, and
-counters with a _total suffix). Names and labels are listed in the README's "Metrics" section."""
+counters with a _total suffix). Names and labels are listed in docs/operations.md, "Metrics"."""
 
 from __future__ import annotations
 
@@ -18,13 +18,16 @@ class RouterMetrics:
         self.requests = metrics.Counter("serve_app_requests", "answered inference requests", tag_keys=arm)
         self.failures = metrics.Counter("serve_app_request_failures", "inference requests that failed", tag_keys=arm)
         self.latency = metrics.Histogram(
-            "serve_app_request_latency_ms", "router-to-answer latency of inference requests",
-            boundaries=LATENCY_BOUNDARIES_MS, tag_keys=arm,
-        )  # fmt: skip
+            "serve_app_request_latency_ms",
+            "router-to-answer latency of inference requests",
+            boundaries=LATENCY_BOUNDARIES_MS,
+            tag_keys=arm,
+        )
         self.shed_requests = metrics.Counter(
-            "serve_app_requests_shed", "inference requests refused with 503 because a version's queue was full",
+            "serve_app_requests_shed",
+            "inference requests refused with 503 because a version's queue was full",
             tag_keys=("model",),
-        )  # fmt: skip
+        )
         shadow = ("model", "version")
         self.shadow_calls = metrics.Counter("serve_app_shadow_requests", "mirrored requests sent", tag_keys=shadow)
         self.shadow_failures = metrics.Counter("serve_app_shadow_failures", "mirrored requests failed", tag_keys=shadow)
@@ -33,9 +36,10 @@ class RouterMetrics:
         )
 
         self.log_rows = metrics.Counter(
-            "serve_app_log_rows", "prediction log rows by outcome: written, or dropped while storage failed",
+            "serve_app_log_rows",
+            "prediction log rows by outcome: written, or dropped while storage failed",
             tag_keys=("outcome",),
-        )  # fmt: skip
+        )
         self.log_failures = metrics.Counter("serve_app_log_write_failures", "prediction log writes that failed")
         self.log_buffered = metrics.Gauge("serve_app_log_buffered_rows", "prediction log rows waiting for storage")
         self._log_counted = {"written": 0, "dropped": 0, "failures": 0}
@@ -119,13 +123,15 @@ class ExperimentMetrics:
 
     def __init__(self) -> None:
         self.weight = metrics.Gauge(
-            "serve_app_experiment_weight", "share of production traffic per version",
+            "serve_app_experiment_weight",
+            "share of production traffic per version",
             tag_keys=("model", "version", "arm"),
-        )  # fmt: skip
+        )
         self.decisions = metrics.Counter(
-            "serve_app_experiment_decisions", "actions in the experiment's history (promote, rollback, stop...)",
+            "serve_app_experiment_decisions",
+            "actions in the experiment's history (promote, rollback, stop...)",
             tag_keys=("model", "decision"),
-        )  # fmt: skip
+        )
         self._shown: dict[str, set[tuple[str, str]]] = {}
 
     def traffic(self, model: str, champion: int, challenger: int | None, challenger_weight: float) -> None:

@@ -70,9 +70,15 @@ async def redeploy(args: dict, action: str, experiments: dict[str, dict]) -> dic
     done = routed and not pending
     if not done:
         logger.warning("%s: still loading after %.0f s: %s", action, LOAD_WAIT_S, pending)
-    return {"action": action, "application": app_name, "state": "READY" if done else "LOADING",
-            "added": sorted(set(states) - set(before)), "removed": sorted(set(before) - set(states)),
-            "overrides_dropped": dropped, "pending": pending}  # fmt: skip
+    return {
+        "action": action,
+        "application": app_name,
+        "state": "READY" if done else "LOADING",
+        "added": sorted(set(states) - set(before)),
+        "removed": sorted(set(before) - set(states)),
+        "overrides_dropped": dropped,
+        "pending": pending,
+    }
 
 
 def _declared_applications() -> tuple[dict[str, dict], float | None]:

@@ -41,9 +41,12 @@ def _post_json(url: str, body: str, timeout_s: float) -> int:
 async def _run_command(command: list[str], body: str, timeout_s: float) -> str:
     try:
         process = await asyncio.create_subprocess_exec(
-            *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, env={**os.environ, "SERVE_APP_DRIFT_ALERT": body},
-        )  # fmt: skip
+            *command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "SERVE_APP_DRIFT_ALERT": body},
+        )
     except OSError as error:
         return f"failed to start: {error}"
     try:

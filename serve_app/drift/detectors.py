@@ -149,9 +149,11 @@ class Detectors:
             # seen in neither would leave Chi-squared an empty column).
             categorical = {j: None for j, i in enumerate(columns) if i in schema.indices("categorical")}
             return TabularDrift(
-                x_ref[:, columns], p_val=settings.p_val, categories_per_feature=categorical,
+                x_ref[:, columns],
+                p_val=settings.p_val,
+                categories_per_feature=categorical,
                 correction=settings.correction,
-            )  # fmt: skip
+            )
 
         if settings.mode == "window":
             detectors = {
@@ -175,8 +177,13 @@ class Detectors:
         folder = Path(folder)
         staging = folder.with_name(f".{folder.name}-{uuid.uuid4().hex[:8]}")
         staging.mkdir(parents=True)
-        bundle = {"mode": self.mode, "schema": self.schema.model_dump(), "p_val": self.p_val,
-                  "correction": self.correction, "roles": sorted(self.detectors)}  # fmt: skip
+        bundle = {
+            "mode": self.mode,
+            "schema": self.schema.model_dump(),
+            "p_val": self.p_val,
+            "correction": self.correction,
+            "roles": sorted(self.detectors),
+        }
         if self.backend == "scipy":
             bundle["backend"] = "scipy"  # without the key, a bundle is alibi-detect's (the older format)
             for role, tests in self.detectors.items():
@@ -249,10 +256,12 @@ class Detectors:
         for j, i in enumerate(columns):
             feature = self.schema.features[i]
             features[feature.name] = {
-                "kind": feature.kind, "test": "chi2" if feature.kind == "categorical" else "ks",
-                "statistic": _number(distances[j]), "p_value": _number(p_values[j]),
+                "kind": feature.kind,
+                "test": "chi2" if feature.kind == "categorical" else "ks",
+                "statistic": _number(distances[j]),
+                "p_value": _number(p_values[j]),
                 "is_drift": bool(flags[j]),
-            }  # fmt: skip
+            }
         return features, is_drift, threshold
 
     def _ks(self, scores: np.ndarray) -> dict[str, Any]:
@@ -277,8 +286,11 @@ class Detectors:
         """Feed a window row by row. After a detection the detector starts afresh, so the next
         window judges new rows only."""
         detector = self.detectors[role]
-        names = (["score"] if role == "prediction" else
-                 [self.schema.features[i].name for i in self.schema.indices("numeric")])  # fmt: skip
+        names = (
+            ["score"]
+            if role == "prediction"
+            else [self.schema.features[i].name for i in self.schema.indices("numeric")]
+        )
         multivariate = type(detector).__name__.startswith("MMD")
         labels = [f"mmd({','.join(names)})"] if multivariate else names
         # Thresholds vary with time early in a stream: a feature's evidence is its largest
@@ -301,13 +313,15 @@ class Detectors:
         test = "mmd" if multivariate else "cvm"
         features = {
             label: {
-                "kind": "numeric", "test": test,
-                "statistic": float(peak[j]) if np.isfinite(peak[j]) else None, "p_value": None,
+                "kind": "numeric",
+                "test": test,
+                "statistic": float(peak[j]) if np.isfinite(peak[j]) else None,
+                "p_value": None,
                 "threshold": float(thresholds[j]) if np.isfinite(thresholds[j]) else None,
                 "is_drift": bool(ratio[j] > 1.0),
             }
             for j, label in enumerate(labels)
-        }  # fmt: skip
+        }
         return features, detected
 
 
@@ -343,16 +357,25 @@ def _online(x_ref: np.ndarray, settings: DriftSettings, kind: str):
 
     if kind == "mmd":
         return MMDDriftOnline(
-            x_ref, ert=settings.ert, window_size=settings.online_window_size, backend="pytorch",
-            n_bootstraps=n_bootstraps, device="cpu", verbose=False,
-        )  # fmt: skip
+            x_ref,
+            ert=settings.ert,
+            window_size=settings.online_window_size,
+            backend="pytorch",
+            n_bootstraps=n_bootstraps,
+            device="cpu",
+            verbose=False,
+        )
     # Each simulated stream holds an (n + 2 x window)^2 boolean matrix: batches sized to about
     # 256 MB keep a 5,000-row reference from needing gigabytes (alibi-detect's default is 64 streams).
     side = len(x_ref) + 2 * settings.online_window_size
     return CVMDriftOnline(
-        x_ref, ert=settings.ert, window_sizes=[settings.online_window_size],
-        n_bootstraps=n_bootstraps, batch_size=max(1, 256_000_000 // side**2), verbose=False,
-    )  # fmt: skip
+        x_ref,
+        ert=settings.ert,
+        window_sizes=[settings.online_window_size],
+        n_bootstraps=n_bootstraps,
+        batch_size=max(1, 256_000_000 // side**2),
+        verbose=False,
+    )
 
 
 def build_detectors(version: ModelVersion, settings: DriftSettings) -> Detectors:

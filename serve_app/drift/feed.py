@@ -29,8 +29,9 @@ class DriftFeed:
         self.dropped: dict[tuple[str, int], int] = defaultdict(int)
         self._random = random.Random(seed)
 
-    def add(self, model: str, version: int, arm: str, inputs: dict[str, np.ndarray],
-            outputs: dict[str, np.ndarray]) -> None:  # fmt: skip
+    def add(
+        self, model: str, version: int, arm: str, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
+    ) -> None:
         settings = self.settings.get(model)
         if settings is None or (settings.sample_rate < 1.0 and self._random.random() >= settings.sample_rate):
             return

@@ -48,8 +48,10 @@ class VersionState:
     history: deque = field(default_factory=deque)
 
     def counters(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in ("rows_seen", "rows_dropped", "windows_checked", "windows_drifting",
-                                              "consecutive_drift_windows")}  # fmt: skip
+        return {
+            k: getattr(self, k)
+            for k in ("rows_seen", "rows_dropped", "windows_checked", "windows_drifting", "consecutive_drift_windows")
+        }
 
 
 def _state_file() -> str:
@@ -95,9 +97,13 @@ class DriftMonitor:
                 state.detectors = detectors_for(version, self.settings[state.model])
                 state.status = "ready"
                 if state.detectors.mode != self.settings[state.model].mode:
-                    logger.warning("drift of %s v%s: the bundle at %s is in %s mode; the config says %s",
-                                   *key, state.detectors.source, state.detectors.mode,
-                                   self.settings[state.model].mode)  # fmt: skip
+                    logger.warning(
+                        "drift of %s v%s: the bundle at %s is in %s mode; the config says %s",
+                        *key,
+                        state.detectors.source,
+                        state.detectors.mode,
+                        self.settings[state.model].mode,
+                    )
             except Exception as error:  # one bad version must not stop the others being watched
                 state.status = f"error: {error}"
                 logger.exception("drift detectors of %s v%s could not be loaded", *key)
@@ -131,9 +137,11 @@ class DriftMonitor:
         settings = self.settings[state.model]
         full = state.pending_rows >= settings.window_size
         timed = (
-            settings.window_s is not None and state.window_opened_at is not None
-            and now - state.window_opened_at >= settings.window_s and state.pending_rows >= settings.min_window_size
-        )  # fmt: skip
+            settings.window_s is not None
+            and state.window_opened_at is not None
+            and now - state.window_opened_at >= settings.window_s
+            and state.pending_rows >= settings.min_window_size
+        )
         if not (full or timed):
             return None
         columns, _ = merge_rows([c for c, _ in state.pending])
@@ -183,12 +191,19 @@ class DriftMonitor:
         time_iso = _iso(now)
         state.last = {"time": time_iso, "window": state.windows_checked, "rows": rows, "is_drift": is_drift, **result}
         drifting = [name for name, f in result["data"]["features"].items() if f["is_drift"]]
-        state.history.append({
-            "time": time_iso, "window": state.windows_checked, "rows": rows, "is_drift": is_drift,
-            "data_drift": result["data"]["is_drift"], "prediction_drift": result["prediction"]["is_drift"],
-            "drifting_features": drifting, "prediction_p_value": result["prediction"].get("p_value"),
-            "p_values": {name: f.get("p_value") for name, f in result["data"]["features"].items()},
-        })  # fmt: skip
+        state.history.append(
+            {
+                "time": time_iso,
+                "window": state.windows_checked,
+                "rows": rows,
+                "is_drift": is_drift,
+                "data_drift": result["data"]["is_drift"],
+                "prediction_drift": result["prediction"]["is_drift"],
+                "drifting_features": drifting,
+                "prediction_p_value": result["prediction"].get("p_value"),
+                "p_values": {name: f.get("p_value") for name, f in result["data"]["features"].items()},
+            }
+        )
         self._log(state, result, rows, is_drift, now)
         return self._episode(state, is_drift, now)
 
@@ -196,14 +211,28 @@ class DriftMonitor:
         if self.log is None:
             return
         when = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
-        common = {"time": when, "model": state.model, "version": state.version, "arm": state.arm,
-                  "window": state.windows_checked, "rows": rows, "window_drift": is_drift}  # fmt: skip
+        common = {
+            "time": when,
+            "model": state.model,
+            "version": state.version,
+            "arm": state.arm,
+            "window": state.windows_checked,
+            "rows": rows,
+            "window_drift": is_drift,
+        }
         entries = [("feature", name, f) for name, f in result["data"]["features"].items()]
         entries.append(("prediction", "score", result["prediction"]))
         for kind, name, f in entries:
             default = result["data"]["threshold"] if kind == "feature" else self.settings[state.model].p_val
-            row = {"kind": kind, "name": name, "test": f["test"], "statistic": f["statistic"], "p_value": f["p_value"],
-                   "threshold": f.get("threshold", default), "is_drift": f["is_drift"]}  # fmt: skip
+            row = {
+                "kind": kind,
+                "name": name,
+                "test": f["test"],
+                "statistic": f["statistic"],
+                "p_value": f["p_value"],
+                "threshold": f.get("threshold", default),
+                "is_drift": f["is_drift"],
+            }
             self.log.record(DRIFT, {**common, **row})
 
     def _episode(self, state: VersionState, is_drift: bool, now: float) -> list[dict]:
@@ -215,14 +244,21 @@ class DriftMonitor:
             if episode is None:
                 evidence = list(state.history)[-settings.alert_after_windows :]
                 alert = {
-                    "event": "drift", "model": state.model, "version": state.version, "arm": state.arm,
-                    "time": _iso(now), "windows": settings.alert_after_windows, "evidence": evidence,
+                    "event": "drift",
+                    "model": state.model,
+                    "version": state.version,
+                    "arm": state.arm,
+                    "time": _iso(now),
+                    "windows": settings.alert_after_windows,
+                    "evidence": evidence,
                     "last_window": state.last,
-                    "message": (f"{state.model} v{state.version} ({state.arm or 'unrouted'}): drift in "
-                                f"{settings.alert_after_windows} windows in a row; features "
-                                f"{evidence[-1]['drifting_features'] or 'none'}, prediction drift "
-                                f"{evidence[-1]['prediction_drift']}"),
-                }  # fmt: skip
+                    "message": (
+                        f"{state.model} v{state.version} ({state.arm or 'unrouted'}): drift in "
+                        f"{settings.alert_after_windows} windows in a row; features "
+                        f"{evidence[-1]['drifting_features'] or 'none'}, prediction drift "
+                        f"{evidence[-1]['prediction_drift']}"
+                    ),
+                }
                 self.episodes[state.model] = {"since": _iso(now), "versions": [state.version], "alert": alert}
                 self.alerts.append(alert)
                 logger.warning("drift alert: %s", alert["message"])
@@ -244,11 +280,18 @@ class DriftMonitor:
         if self.storage_uri is None:
             return
         with self._lock:  # copied whole under the lock: the event loop may change alerts meanwhile
-            document = json.loads(json.dumps({
-                "episodes": self.episodes, "alerts": list(self.alerts),
-                "versions": {f"{m}/{v}": {**s.counters(), "arm": s.arm, "last": s.last, "history": list(s.history)}
-                             for (m, v), s in self.states.items()},
-            }))  # fmt: skip
+            document = json.loads(
+                json.dumps(
+                    {
+                        "episodes": self.episodes,
+                        "alerts": list(self.alerts),
+                        "versions": {
+                            f"{m}/{v}": {**s.counters(), "arm": s.arm, "last": s.last, "history": list(s.history)}
+                            for (m, v), s in self.states.items()
+                        },
+                    }
+                )
+            )
         try:
             write_json(self.storage_uri, _state_file(), document)
             if self.log is not None:
@@ -301,19 +344,28 @@ class DriftMonitor:
         with self._lock:
             versions = {
                 str(s.version): {
-                    "arm": s.arm, "detectors": s.status, "source": s.detectors.source if s.detectors else None,
+                    "arm": s.arm,
+                    "detectors": s.status,
+                    "source": s.detectors.source if s.detectors else None,
                     "mode": s.detectors.mode if s.detectors else settings.mode,
                     "backend": s.detectors.backend if s.detectors else None,
-                    **s.counters(), "rows_pending": s.pending_rows, "window_size": settings.window_size,
-                    "last": s.last, "history": list(s.history),
+                    **s.counters(),
+                    "rows_pending": s.pending_rows,
+                    "window_size": settings.window_size,
+                    "last": s.last,
+                    "history": list(s.history),
                 }
-                for s in self.states.values() if s.model == model
-            }  # fmt: skip
+                for s in self.states.values()
+                if s.model == model
+            }
             return {
-                "model": model, "alert_after_windows": settings.alert_after_windows,
-                "on_drift": settings.on_drift, "episode": self.episodes.get(model),
-                "alerts": [a for a in self.alerts if a["model"] == model], "versions": versions,
-            }  # fmt: skip
+                "model": model,
+                "alert_after_windows": settings.alert_after_windows,
+                "on_drift": settings.on_drift,
+                "episode": self.episodes.get(model),
+                "alerts": [a for a in self.alerts if a["model"] == model],
+                "versions": versions,
+            }
 
     def history(self, model: str | None = None) -> pd.DataFrame:
         """Every check logged under the storage URI, as a table (for notebooks and reports)."""

@@ -67,22 +67,34 @@ class ArmStats:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "version": self.version, "requests": self.requests, "errors": self.errors,
-            "outcomes": self.outcomes, "outcome_sum": self.outcome_sum, "outcome_sum_sq": self.outcome_sum_sq,
+            "version": self.version,
+            "requests": self.requests,
+            "errors": self.errors,
+            "outcomes": self.outcomes,
+            "outcome_sum": self.outcome_sum,
+            "outcome_sum_sq": self.outcome_sum_sq,
             "latencies_ms": list(self.latencies_ms),
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ArmStats:
         return cls(
-            version=int(d["version"]), requests=int(d["requests"]), errors=int(d["errors"]),
-            outcomes=int(d["outcomes"]), outcome_sum=float(d["outcome_sum"]),
-            outcome_sum_sq=float(d["outcome_sum_sq"]), latencies_ms=_latency_window(map(float, d["latencies_ms"])),
-        )  # fmt: skip
+            version=int(d["version"]),
+            requests=int(d["requests"]),
+            errors=int(d["errors"]),
+            outcomes=int(d["outcomes"]),
+            outcome_sum=float(d["outcome_sum"]),
+            outcome_sum_sq=float(d["outcome_sum_sq"]),
+            latencies_ms=_latency_window(map(float, d["latencies_ms"])),
+        )
 
     def summary(self) -> dict[str, Any]:
         return {
-            "version": self.version, "requests": self.requests, "errors": self.errors,
-            "error_rate": self.error_rate, "outcomes": self.outcomes,
-            "mean": self.mean if self.outcomes else None, "p99_latency_ms": self.p99_latency_ms,
-        }  # fmt: skip
+            "version": self.version,
+            "requests": self.requests,
+            "errors": self.errors,
+            "error_rate": self.error_rate,
+            "outcomes": self.outcomes,
+            "mean": self.mean if self.outcomes else None,
+            "p99_latency_ms": self.p99_latency_ms,
+        }

@@ -44,8 +44,10 @@ class Experiment:
     def _arm(self, version: int) -> ArmStats:
         if version not in self.arms:
             if version not in self.traffic.versions:
-                raise InvalidInput(f"model '{self.model}' has no version {version} in its experiment "
-                                   f"(versions: {sorted({*self.arms, *self.traffic.versions})})")  # fmt: skip
+                raise InvalidInput(
+                    f"model '{self.model}' has no version {version} in its experiment "
+                    f"(versions: {sorted({*self.arms, *self.traffic.versions})})"
+                )
             self.arms[version] = ArmStats(version)
         return self.arms[version]
 
@@ -82,8 +84,10 @@ class Experiment:
         if challenger.requests < s.min_samples_per_arm:
             return None
         if challenger.error_rate > s.max_error_rate:
-            return (f"guardrail: challenger error rate {challenger.error_rate:.4f} > max_error_rate "
-                    f"{s.max_error_rate} over {challenger.requests} requests")  # fmt: skip
+            return (
+                f"guardrail: challenger error rate {challenger.error_rate:.4f} > max_error_rate "
+                f"{s.max_error_rate} over {challenger.requests} requests"
+            )
         p99 = challenger.p99_latency_ms
         if s.max_p99_latency_ms is not None and p99 is not None and p99 > s.max_p99_latency_ms:
             return f"guardrail: challenger p99 latency {p99:.1f} ms > max_p99_latency_ms {s.max_p99_latency_ms}"
@@ -127,21 +131,26 @@ class Experiment:
             raise InvalidInput(f"who must be 'auto' or 'ops', got {who!r}")
         result = result if result is not None else self.result()
         entry = {
-            "time": now, "action": action, "reason": reason, "who": who, **extra,
+            "time": now,
+            "action": action,
+            "reason": reason,
+            "who": who,
+            **extra,
             "champion": self._arm(self.traffic.champion).summary(),
             "challenger": self._arm(self.traffic.challenger).summary() if self.traffic.challenger is not None else None,
             "effect": result.effect if result else None,
             "interval": [result.ci_low, result.ci_high] if result and result.effect is not None else None,
             "p_value": result.p_value if result else None,
-        }  # fmt: skip
+        }
         self.history.append(entry)
         return entry
 
     def promote(self, now: float, reason: str, who: Who) -> dict[str, Any]:
         """The challenger becomes the champion; the old champion is remembered for rollback."""
         if self.traffic.challenger is None:
-            raise InvalidInput(f"model '{self.model}': nothing to promote, there is no challenger "
-                               f"(status '{self.status}')")  # fmt: skip
+            raise InvalidInput(
+                f"model '{self.model}': nothing to promote, there is no challenger (status '{self.status}')"
+            )
         entry = self._record(now, "promote", reason, who)  # the statistics as they were at the decision
         self.previous_champion = self.traffic.champion
         self.traffic = self.traffic.model_copy(
@@ -178,8 +187,10 @@ class Experiment:
             self._set_challenger_weight_zero()
             self.status = "stopped"
             return entry
-        raise InvalidInput(f"model '{self.model}': nothing to roll back, the experiment is '{self.status}' "
-                           "(only a promotion or a running challenger can be rolled back)")  # fmt: skip
+        raise InvalidInput(
+            f"model '{self.model}': nothing to roll back, the experiment is '{self.status}' "
+            "(only a promotion or a running challenger can be rolled back)"
+        )
 
     def freeze(self, now: float, reason: str) -> dict[str, Any] | None:
         """Pause automatic decisions (guardrails still act); None if already paused."""
@@ -225,7 +236,7 @@ class Experiment:
             "p_value": result.p_value if result else None,
             "decision": result.decision if result else None,
             "history": [dict(entry) for entry in self.history],
-        }  # fmt: skip
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe state (settings excluded: they come from the config at load)."""

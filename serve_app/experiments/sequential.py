@@ -24,10 +24,14 @@ class MixtureStatistic(NamedTuple):
 
 
 def mixture_statistic(
-    n_champion: Any, sum_champion: Any, sum_sq_champion: Any,
-    n_challenger: Any, sum_challenger: Any, sum_sq_challenger: Any,
+    n_champion: Any,
+    sum_champion: Any,
+    sum_sq_champion: Any,
+    n_challenger: Any,
+    sum_challenger: Any,
+    sum_sq_challenger: Any,
     mixture_sd: float,
-) -> MixtureStatistic:  # fmt: skip
+) -> MixtureStatistic:
     """The mSPRT statistic from each arm's sufficient statistics (count, sum, sum of squares).
 
     Works on floats and on numpy arrays alike (elementwise), so the simulations in the tests
@@ -99,10 +103,14 @@ class SequentialTest:
         if min(champion.outcomes, challenger.outcomes) < 2:
             return TestResult(None, None, None, self.min_p_value, "continue")
         stat = mixture_statistic(
-            champion.outcomes, champion.outcome_sum, champion.outcome_sum_sq,
-            challenger.outcomes, challenger.outcome_sum, challenger.outcome_sum_sq,
+            champion.outcomes,
+            champion.outcome_sum,
+            champion.outcome_sum_sq,
+            challenger.outcomes,
+            challenger.outcome_sum,
+            challenger.outcome_sum_sq,
             s.mixture_sd,
-        )  # fmt: skip
+        )
         effect = float(stat.effect)
         radius = float(confidence_radius(stat.variance, s.mixture_sd, s.alpha))
         p_value = self.min_p_value

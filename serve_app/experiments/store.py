@@ -132,10 +132,15 @@ class ExperimentStore:
         known = entry is not None and entry[0] == model
         self.feedback_log.record(
             FEEDBACK,
-            {"request_id": request_id, "time": utc_now(), "model": model,
-             "reward": None if reward is None else float(reward), "label": None if label is None else str(label),
-             "known": known},
-        )  # fmt: skip
+            {
+                "request_id": request_id,
+                "time": utc_now(),
+                "model": model,
+                "reward": None if reward is None else float(reward),
+                "label": None if label is None else str(label),
+                "known": known,
+            },
+        )
         if not known:
             self.waiting_feedback[request_id] = (model, reward, label)
             if len(self.waiting_feedback) > self.max_tracked_requests:

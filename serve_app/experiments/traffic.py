@@ -80,11 +80,18 @@ class TrafficController:
             self.log.record(
                 PREDICTIONS,
                 {
-                    "request_id": request.id, "time": utc_now(), "model": model, "version": version, "role": role,
-                    "inputs": request.inputs, "outputs": outputs or {},  # encoded as JSON in the flush thread
-                    "score": score, "latency_ms": latency_ms, "status": status,
+                    "request_id": request.id,
+                    "time": utc_now(),
+                    "model": model,
+                    "version": version,
+                    "role": role,
+                    "inputs": request.inputs,
+                    "outputs": outputs or {},  # encoded as JSON in the flush thread
+                    "score": score,
+                    "latency_ms": latency_ms,
+                    "status": status,
                 },
-            )  # fmt: skip
+            )
         if in_experiment:
             if len(self._events) == self._events.maxlen:
                 self.events_dropped += 1

@@ -36,8 +36,10 @@ def tensor_from_raw(raw: bytes | memoryview, datatype: str, shape: list[int], wh
 def _bytes_elements(raw: bytes | memoryview, count: int, where: str) -> np.ndarray:
     view = memoryview(raw)
     if count * _LENGTH.size > len(view):  # checked before allocating: a shape can claim 2^40 elements
-        raise InvalidInput(f"{where}: {count} BYTES elements need at least {count * _LENGTH.size} bytes "
-                           f"(a 4-byte length each), the binary data has {len(view)}")  # fmt: skip
+        raise InvalidInput(
+            f"{where}: {count} BYTES elements need at least {count * _LENGTH.size} bytes "
+            f"(a 4-byte length each), the binary data has {len(view)}"
+        )
     elements = np.empty(count, dtype=object)
     offset = 0
     for index in range(count):

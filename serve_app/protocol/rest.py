@@ -289,9 +289,13 @@ def render_infer_response(response: InferenceResponse, binary: set[str] = frozen
             raw = tensor_to_raw(array)
             chunks.append(raw)
             outputs.append(
-                {"name": name, "datatype": datatype_of(array), "shape": list(array.shape),
-                 "parameters": {"binary_data_size": len(raw)}}
-            )  # fmt: skip
+                {
+                    "name": name,
+                    "datatype": datatype_of(array),
+                    "shape": list(array.shape),
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            )
         elif array.dtype == np.float16:
             raise InvalidInput(f"output '{name}' is FP16, which only travels as binary: ask for binary_data")
         else:

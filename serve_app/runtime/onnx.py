@@ -19,12 +19,20 @@ from serve_app.runtime.devices import cuda_device_count, cuda_libraries, fall_ba
 
 # ONNX Runtime's names for tensor element types, by protocol datatype.
 _ORT_TYPES = {
-    "BOOL": "tensor(bool)", "UINT8": "tensor(uint8)", "UINT16": "tensor(uint16)",
-    "UINT32": "tensor(uint32)", "UINT64": "tensor(uint64)", "INT8": "tensor(int8)",
-    "INT16": "tensor(int16)", "INT32": "tensor(int32)", "INT64": "tensor(int64)",
-    "FP16": "tensor(float16)", "FP32": "tensor(float)", "FP64": "tensor(double)",
+    "BOOL": "tensor(bool)",
+    "UINT8": "tensor(uint8)",
+    "UINT16": "tensor(uint16)",
+    "UINT32": "tensor(uint32)",
+    "UINT64": "tensor(uint64)",
+    "INT8": "tensor(int8)",
+    "INT16": "tensor(int16)",
+    "INT32": "tensor(int32)",
+    "INT64": "tensor(int64)",
+    "FP16": "tensor(float16)",
+    "FP32": "tensor(float)",
+    "FP64": "tensor(double)",
     "BYTES": "tensor(string)",
-}  # fmt: skip
+}
 TENSORRT_CACHE_FOLDER = "tensorrt_cache"
 """Beside the model file: TensorRT engines and timing caches of that version."""
 
@@ -139,8 +147,9 @@ class OnnxRunner(Runner):
                 node = by_name.get(spec.name)
                 where = f"config.yaml of model '{self.config.name}': field '{field}.{index}'"
                 if node is None:
-                    raise RepositoryError(f"{where}: {model_file.name} has no tensor '{spec.name}' "
-                                          f"(it has {sorted(by_name)})")  # fmt: skip
+                    raise RepositoryError(
+                        f"{where}: {model_file.name} has no tensor '{spec.name}' (it has {sorted(by_name)})"
+                    )
                 if node.type != _ORT_TYPES[spec.datatype]:
                     raise RepositoryError(f"{where}: datatype {spec.datatype} but the graph has {node.type}")
                 if len(node.shape) != len(spec.dims):

@@ -172,8 +172,16 @@ def test_a_rerun_skips_files_already_done(serve_config, ray_cluster, tmp_path):
 def test_champion_and_challenger_side_by_side_with_a_drift_report(serve_config, ray_cluster, tmp_path):
     frame = transactions(2000, seed=13)
     frame["amount"] = frame["amount"] * 1.6  # the batch's amounts drift from the reference
-    summary = run_job(plan(serve_config, write(frame, tmp_path / "in.parquet"), tmp_path / "out",
-                           compare=True, drift=True, batch_size=1000))  # fmt: skip
+    summary = run_job(
+        plan(
+            serve_config,
+            write(frame, tmp_path / "in.parquet"),
+            tmp_path / "out",
+            compare=True,
+            drift=True,
+            batch_size=1000,
+        )
+    )
     out = scored(tmp_path / "out")
     assert set(out["model_version"]) == {1} and set(out["challenger_model_version"]) == {2}
     comparison = summary["comparison"]
@@ -188,13 +196,25 @@ def test_champion_and_challenger_side_by_side_with_a_drift_report(serve_config, 
 
 def test_the_command_line_runs_the_job(serve_config, tmp_path):
     source = write(transactions(50, seed=14), tmp_path / "in.parquet")
-    command = [sys.executable, "-m", "batch", "--config", str(serve_config), "--input", str(source),
-               "--output", str(tmp_path / "out"), "--num-actors", "1"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "batch",
+        "--config",
+        str(serve_config),
+        "--input",
+        str(source),
+        "--output",
+        str(tmp_path / "out"),
+        "--num-actors",
+        "1",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert '"rows": 50' in done.stdout and len(scored(tmp_path / "out")) == 50
-    refused = subprocess.run([*command[:6], str(tmp_path / "nothing"), *command[7:]], capture_output=True,
-                             text=True, timeout=120, cwd=ROOT)  # fmt: skip
+    refused = subprocess.run(
+        [*command[:6], str(tmp_path / "nothing"), *command[7:]], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     assert refused.returncode == 1 and "no such file or folder" in refused.stderr
 
 

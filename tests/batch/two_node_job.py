@@ -19,8 +19,23 @@ def main(serve_config: str, inputs: str, output: str) -> int:
     cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
     try:
-        command = [sys.executable, "-m", "batch", "--config", serve_config, "--input", inputs, "--output", output,
-                   "--num-actors", "4", "--num-cpus-per-actor", "1", "--address", cluster.address]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "batch",
+            "--config",
+            serve_config,
+            "--input",
+            inputs,
+            "--output",
+            output,
+            "--num-actors",
+            "4",
+            "--num-cpus-per-actor",
+            "1",
+            "--address",
+            cluster.address,
+        ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             print(done.stdout[-2000:], done.stderr[-4000:], file=sys.stderr)

@@ -14,7 +14,8 @@ import pytest
 from ray import serve
 
 from graphs.single_model import build_app
-from serve_app.demo import WIDE_MODEL_NAME, build_torch_copy, build_wide_model, request_columns, synthetic_transactions
+from serve_app.demo import request_columns, synthetic_transactions
+from serve_app.large_models import WIDE_MODEL_NAME, build_torch_copy, build_wide_model
 from serve_app.protocol.rest import request_body
 from serve_app.quantize import quantize
 from serve_app.repository import ModelRepository
@@ -52,8 +53,9 @@ def test_onnx_runtime_runs_on_cuda_with_io_binding_and_matches_the_cpu(wide):
     _, cpu = runner_of(wide, 1, "cpu")
     assert gpu.device == "cuda:0" and gpu.describe()["providers"][0] == "CUDAExecutionProvider"
     rows = model.preprocessor.transform(request_columns(synthetic_transactions(256, seed=3)))
-    np.testing.assert_allclose(gpu.predict(rows)["fraud_probability"], cpu.predict(rows)["fraud_probability"],
-                               atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        gpu.predict(rows)["fraud_probability"], cpu.predict(rows)["fraud_probability"], atol=1e-4
+    )
 
 
 def test_an_fp16_variant_runs_on_the_gpu_and_keeps_its_accuracy(wide):

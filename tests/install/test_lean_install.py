@@ -32,8 +32,9 @@ import pytest
 import yaml
 
 from serve_app.config import RAY_SERVE_ENV, haproxy_side_ports_env
-from serve_app.demo import dense_layers, request_columns, synthetic_transactions
+from serve_app.demo import request_columns, synthetic_transactions
 from serve_app.features import Preprocessor
+from serve_app.large_models import dense_layers
 from serve_app.protocol.rest import request_body
 from tests.conftest import _free_port
 from tests.helpers import wait_until
@@ -118,8 +119,18 @@ def test_the_sizes_of_the_lean_and_the_development_environment(lean):
 def test_a_pytorch_command_fails_naming_the_torch_extra(lean, repository, tmp_path):
     model = tmp_path / "model.pt"
     model.write_bytes(b"")
-    command = [lean / "bin" / "serve-app", "export", "--repository", repository, "--model", "fraud",
-               "--torch", model, "--example", repository / "fraud" / "1" / "reference.parquet"]  # fmt: skip
+    command = [
+        lean / "bin" / "serve-app",
+        "export",
+        "--repository",
+        repository,
+        "--model",
+        "fraud",
+        "--torch",
+        model,
+        "--example",
+        repository / "fraud" / "1" / "reference.parquet",
+    ]
     result = subprocess.run([str(part) for part in command], capture_output=True, text=True, env=environment(lean))
     assert result.returncode == 1, result.stdout + result.stderr
     assert "serve-app[torch]" in result.stderr, result.stderr
@@ -180,8 +191,14 @@ def served(lean, repository, tmp_path_factory) -> Served:
 
     log_path = work / "serve-run.log"
     with log_path.open("w") as log:
-        process = subprocess.Popen([str(lean / "bin" / "serve"), "run", str(work / "serve.yaml")], cwd=work, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            [str(lean / "bin" / "serve"), "run", str(work / "serve.yaml")],
+            cwd=work,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         started = time.monotonic()
         wait_until(lambda: process.poll() is not None or ready(), timeout_s=READY_DEADLINE_S)

@@ -77,11 +77,21 @@ def test_names_and_versions_cannot_reach_outside_the_repository(client, method, 
     assert error in response.json()["error"]
 
 
-# Calls that turn bytes into arbitrary objects; serve-app must not make them (README, "Security").
+# Calls that turn bytes into arbitrary objects; serve-app must not make them (docs/reliability.md, "Security").
 UNSAFE_CALLS = {
-    "pickle.load", "pickle.loads", "cloudpickle.load", "cloudpickle.loads", "dill.load", "dill.loads",
-    "joblib.load", "pandas.read_pickle", "marshal.loads", "shelve.open", "yaml.load", "yaml.unsafe_load",
-}  # fmt: skip
+    "pickle.load",
+    "pickle.loads",
+    "cloudpickle.load",
+    "cloudpickle.loads",
+    "dill.load",
+    "dill.loads",
+    "joblib.load",
+    "pandas.read_pickle",
+    "marshal.loads",
+    "shelve.open",
+    "yaml.load",
+    "yaml.unsafe_load",
+}
 SOURCES = [p for folder in ("serve_app", "graphs", "batch", "scripts") for p in (ROOT / folder).rglob("*.py")]
 
 

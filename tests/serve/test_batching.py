@@ -208,5 +208,6 @@ def test_grpc_requests_go_through_the_merger_each_with_its_own_answer(served, cl
         assert answer.id == f"g-{i}" and list(answer.outputs[0].shape) == [len(matrix), 64]
         scores = np.frombuffer(answer.raw_output_contents[0], np.float32).reshape(len(matrix), 64)
         alone = client.post("/v2/models/dense/infer", json=request_body({"INPUT": matrix})).json()
-        np.testing.assert_allclose(scores, np.array(alone["outputs"][0]["data"], np.float32).reshape(scores.shape),
-                                   rtol=1e-5, atol=1e-6)  # fmt: skip
+        np.testing.assert_allclose(
+            scores, np.array(alone["outputs"][0]["data"], np.float32).reshape(scores.shape), rtol=1e-5, atol=1e-6
+        )

@@ -61,9 +61,15 @@ def app(ray_cluster, demo_repository, tmp_path_factory, webhook):
         "storage_uri": str(storage),
         "models": ["fraud"],
         "experiments": {"fraud": {"traffic": {"champion": 1, "challenger": 2, "challenger_weight": 0.5}}},
-        "drift": {"fraud": {"window_size": WINDOW, "alert_after_windows": 2, "on_drift": "freeze_experiment",
-                            "alert": {"webhook_url": webhook, "command": command}}},
-    }  # fmt: skip
+        "drift": {
+            "fraud": {
+                "window_size": WINDOW,
+                "alert_after_windows": 2,
+                "on_drift": "freeze_experiment",
+                "alert": {"webhook_url": webhook, "command": command},
+            }
+        },
+    }
     serve.run(build_app(args), name=APP, route_prefix=PREFIX)
     yield {"url": ray_cluster.http_url + PREFIX, "storage": storage, "runs": runs}
     serve.delete(APP)

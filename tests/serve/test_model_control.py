@@ -41,9 +41,14 @@ def deployed(ray_cluster, demo_repository, tmp_path_factory):
     batching = {"max_batch_size": 8, "batch_wait_timeout_s": 0.002}
     overrides = [{"name": "experiments", "user_config": {"traffic": {"fraud": traffic}}}]  # as configs/ do
     overrides += [{"name": f"fraud-v{v}-model", "user_config": batching} for v in (1, 2)]
-    application = {"name": APP, "route_prefix": PREFIX, "import_path": "graphs.champion_challenger:build_app",
-                   "args": args, "runtime_env": {"env_vars": {"SERVE_APP_ADMIN_TOKEN": ADMIN_TOKEN}},
-                   "deployments": overrides}  # fmt: skip
+    application = {
+        "name": APP,
+        "route_prefix": PREFIX,
+        "import_path": "graphs.champion_challenger:build_app",
+        "args": args,
+        "runtime_env": {"env_vars": {"SERVE_APP_ADMIN_TOKEN": ADMIN_TOKEN}},
+        "deployments": overrides,
+    }
     config_path = tmp_path_factory.mktemp("control-config") / "control.yaml"
     url = ray_cluster.http_url + PREFIX
 
@@ -51,8 +56,14 @@ def deployed(ray_cluster, demo_repository, tmp_path_factory):
         return httpx.get(url + "/v2/health/ready", timeout=5).status_code == 200
 
     serve_deploy(ray_cluster.dashboard_url, application, config_path, ready)
-    yield {"root": root, "url": url, "application": application, "config": config_path, "ready": ready,
-           "dashboard": ray_cluster.dashboard_url}  # fmt: skip
+    yield {
+        "root": root,
+        "url": url,
+        "application": application,
+        "config": config_path,
+        "ready": ready,
+        "dashboard": ray_cluster.dashboard_url,
+    }
     serve.delete(APP)
 
 
@@ -115,8 +126,9 @@ def test_a_new_version_goes_live_under_traffic_without_a_failed_request(deployed
         assert client.answers["3"] > seen["3"]  # the challenger answers now
 
         settled(http.put("/v2/models/fraud/experiment/traffic", json={**challenger, "shadows": []}, headers=AUTH))
-        unloaded = settled(http.post("/v2/repository/models/fraud/unload", json={"parameters": {"version": 2}},
-                                     headers=AUTH))  # fmt: skip
+        unloaded = settled(
+            http.post("/v2/repository/models/fraud/unload", json={"parameters": {"version": 2}}, headers=AUTH)
+        )
         assert unloaded["removed"] == ["fraud-v2-model", "fraud-v2-preprocessor"]
         assert unloaded["overrides_dropped"] == ["fraud-v2-model"]
         kept = ray_compat.serve_instance_details()["applications"][APP]["deployed_app_config"]["deployments"]
@@ -132,8 +144,11 @@ def test_serve_deploy_with_a_changed_config_goes_live_without_a_failed_request(d
     args = {**application["args"], "versions": {"fraud": [1, 3]}}
     traffic = {"champion": 1, "challenger": 3, "challenger_weight": 1.0}
     experiments = {"name": "experiments", "user_config": {"traffic": {"fraud": traffic}}}
-    changed = {**application, "args": {**args, "experiments": {"fraud": {"traffic": traffic}}},
-               "deployments": [experiments, application["deployments"][1]]}  # fmt: skip
+    changed = {
+        **application,
+        "args": {**args, "experiments": {"fraud": {"traffic": traffic}}},
+        "deployments": [experiments, application["deployments"][1]],
+    }
     with httpx.Client(base_url=deployed["url"], timeout=60) as http, Traffic(deployed["url"], BODY) as client:
         time.sleep(1)
 

@@ -46,8 +46,11 @@ def _start_node(args: list[str], log: Path) -> subprocess.Popen:
     ports = ["--dashboard-agent-listen-port", str(_free_port())]  # the session's node holds the default
     return subprocess.Popen(
         [str(BIN / "ray"), "start", "--block", "--disable-usage-stats", "--num-cpus=4", *ports, *args],
-        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _dashboard(cluster_url: str, path: str) -> dict:
@@ -84,9 +87,17 @@ def cluster(tmp_path_factory):
     gcs, dashboard = _free_port(), _free_port()
     # Its own temp dir: the address file `ray start` leaves there must not send a later ray.init() here.
     temp_dir = Path(tempfile.mkdtemp(prefix="ray2-"))
-    head = _start_node(["--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-                        f"--ray-client-server-port={_free_port()}", f"--temp-dir={temp_dir}"],
-                       folder / "head.log")  # fmt: skip
+    head = _start_node(
+        [
+            "--head",
+            f"--port={gcs}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            f"--ray-client-server-port={_free_port()}",
+            f"--temp-dir={temp_dir}",
+        ],
+        folder / "head.log",
+    )
     nodes = [head]
     try:
         dashboard_url = f"http://127.0.0.1:{dashboard}"
@@ -118,20 +129,29 @@ def _config(repository: Path, storage: Path, http_port: int, grpc_port: int, wei
         "proxy_location": "HeadOnly",  # one machine: a proxy per node would fight over the port
         "http_options": {"host": "127.0.0.1", "port": http_port},
         "grpc_options": {**local["grpc_options"], "port": grpc_port},
-        "applications": [{
-            "name": "serve-app",
-            "route_prefix": "/",
-            "import_path": "graphs.champion_challenger:build_app",
-            "args": {"repository": str(repository), "storage_uri": str(storage), "models": ["fraud"],
-                     "experiments": {"fraud": {"traffic": initial}}},
-            "deployments": [
-                {"name": "Router", "num_replicas": 2},
-                {"name": "fraud-v1-model", "num_replicas": 2,
-                 "user_config": {"max_batch_size": batch, "batch_wait_timeout_s": 0.0}},
-                {"name": "experiments", "user_config": {"traffic": {"fraud": traffic}}},
-            ],
-        }],
-    }  # fmt: skip
+        "applications": [
+            {
+                "name": "serve-app",
+                "route_prefix": "/",
+                "import_path": "graphs.champion_challenger:build_app",
+                "args": {
+                    "repository": str(repository),
+                    "storage_uri": str(storage),
+                    "models": ["fraud"],
+                    "experiments": {"fraud": {"traffic": initial}},
+                },
+                "deployments": [
+                    {"name": "Router", "num_replicas": 2},
+                    {
+                        "name": "fraud-v1-model",
+                        "num_replicas": 2,
+                        "user_config": {"max_batch_size": batch, "batch_wait_timeout_s": 0.0},
+                    },
+                    {"name": "experiments", "user_config": {"traffic": {"fraud": traffic}}},
+                ],
+            }
+        ],
+    }
 
 
 def _deploy(cluster: dict, config: dict) -> None:
@@ -142,8 +162,13 @@ def _deploy(cluster: dict, config: dict) -> None:
 
 def _status(cluster: dict) -> dict:
     """What `serve status` prints, read as ops read it."""
-    out = subprocess.run([str(BIN / "serve"), "status", "--address", cluster["dashboard"]],
-                         check=True, capture_output=True, text=True, env=_env()).stdout  # fmt: skip
+    out = subprocess.run(
+        [str(BIN / "serve"), "status", "--address", cluster["dashboard"]],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=_env(),
+    ).stdout
     return yaml.safe_load(out)
 
 

@@ -41,13 +41,22 @@ def ops_app(ray_cluster, demo_repository, tmp_path_factory):
         "name": APP,
         "route_prefix": PREFIX,
         "import_path": "graphs.champion_challenger:build_app",
-        "args": {"repository": str(root), "storage_uri": str(folder / "storage"), "models": ["fraud"],
-                 "experiments": {"fraud": {"traffic": traffic}},
-                 "drift": {"fraud": {"window_size": 50, "min_window_size": 20}}},
+        "args": {
+            "repository": str(root),
+            "storage_uri": str(folder / "storage"),
+            "models": ["fraud"],
+            "experiments": {"fraud": {"traffic": traffic}},
+            "drift": {"fraud": {"window_size": 50, "min_window_size": 20}},
+        },
         # Each line written at once: Ray's throughput mode (RAY_SERVE_ENV) buffers 1,000 request-path lines.
-        "deployments": [{"name": "Router", "logging_config": {"log_level": "DEBUG", "encoding": "JSON"},
-                         "ray_actor_options": {"runtime_env": {"env_vars": {LOG_BUFFER: "1"}}}}],
-    }  # fmt: skip
+        "deployments": [
+            {
+                "name": "Router",
+                "logging_config": {"log_level": "DEBUG", "encoding": "JSON"},
+                "ray_actor_options": {"runtime_env": {"env_vars": {LOG_BUFFER: "1"}}},
+            }
+        ],
+    }
     serve_deploy(ray_cluster.dashboard_url, application, folder / "ops.yaml", lambda: True)
     ids = []
     with httpx.Client(base_url=ray_cluster.http_url + PREFIX, timeout=60) as http:
@@ -99,8 +108,11 @@ def _metric_problems(series: dict) -> list[str]:
             _total(series, "ray_serve_app_queue_ms_count", model="fraud", version=version) >= 1,
             "queue times",
         )
-    weights = {labels["arm"]: v for labels, v in series.get("ray_serve_app_experiment_weight", [])
-               if labels.get("application") == APP and labels.get("model") == "fraud"}  # fmt: skip
+    weights = {
+        labels["arm"]: v
+        for labels, v in series.get("ray_serve_app_experiment_weight", [])
+        if labels.get("application") == APP and labels.get("model") == "fraud"
+    }
     expect(weights == {"champion": 0.5, "challenger": 0.5}, f"weights {weights}")
     drift = series.get("ray_serve_app_drift_p_value", [])
     expect(any(labels.get("application") == APP for labels, _ in drift), "drift p-values")
@@ -115,14 +127,32 @@ def test_metrics_by_model_version_and_arm_after_traffic(ops_app, ray_cluster):
 
 
 def _dashboard_dom(url: str, screenshot: Path) -> str:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--window-size=1400,1500", "--virtual-time-budget=15000"]  # fmt: skip
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1500",
+        "--virtual-time-budget=15000",
+    ]
     profile = screenshot.parent / "chromium-profile"
-    subprocess.run([CHROMIUM, *flags, f"--user-data-dir={profile}", f"--screenshot={screenshot}", url],
-                   check=True, capture_output=True, timeout=120)  # fmt: skip
-    dom = subprocess.run([CHROMIUM, *flags, f"--user-data-dir={profile}", "--dump-dom", url],
-                         check=True, capture_output=True, text=True, timeout=120)  # fmt: skip
+    subprocess.run(
+        [CHROMIUM, *flags, f"--user-data-dir={profile}", f"--screenshot={screenshot}", url],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    dom = subprocess.run(
+        [CHROMIUM, *flags, f"--user-data-dir={profile}", "--dump-dom", url],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return dom.stdout
 
 
@@ -171,15 +201,21 @@ def test_one_structured_log_line_per_request_at_debug_level(ops_app):
 def test_a_promotion_shows_in_the_decision_and_weight_metrics(ops_app, ray_cluster):
     """Last in this module: it changes the app's experiment."""
     with httpx.Client(base_url=ops_app["url"], timeout=30) as http:
-        response = http.post("/v2/models/fraud/experiment/promote", json={"reason": "ops test"},
-                             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})  # fmt: skip
+        response = http.post(
+            "/v2/models/fraud/experiment/promote",
+            json={"reason": "ops test"},
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
     assert response.status_code == 200, response.text
     deadline = time.monotonic() + 90
     while True:
         series = scrape_metrics(ray_cluster.metrics_url)
         promoted = _total(series, "ray_serve_app_experiment_decisions_total", model="fraud", decision="promote")
-        weights = {(labels["version"], labels["arm"]): v for labels, v in series["ray_serve_app_experiment_weight"]
-                   if labels.get("application") == APP}  # fmt: skip
+        weights = {
+            (labels["version"], labels["arm"]): v
+            for labels, v in series["ray_serve_app_experiment_weight"]
+            if labels.get("application") == APP
+        }
         if (promoted == 1 and weights.get(("2", "champion")) == 1.0) or time.monotonic() > deadline:
             break
         time.sleep(2)

@@ -45,9 +45,10 @@ def test_binary_request_and_binary_response(client):
 
 def test_plain_json_echo_round_trips_every_json_datatype(client):
     arrays = {
-        "BOOL": np.array([[True, False]]), "BYTES": np.array([[b"a", "ü".encode()]], dtype=object),
+        "BOOL": np.array([[True, False]]),
+        "BYTES": np.array([[b"a", "ü".encode()]], dtype=object),
         **{d: np.array([[0, 7]], dtype=NUMPY_DTYPES[d]) for d in ECHO_DATATYPES if d not in ("BOOL", "BYTES", "FP16")},
-    }  # fmt: skip
+    }
     # FP16 cannot travel in JSON: it goes binary while the rest go as JSON, in one request.
     json_part = request_body({f"INPUT_{d}": a for d, a in arrays.items()})
     fp16 = np.array([[0.5, -2.0]], np.float16)
@@ -154,7 +155,7 @@ def _with_timeout(message: pb.ModelInferRequest) -> pb.ModelInferRequest:
         ),
         (_with_timeout(_grpc_request("dense", INPUT=DENSE[:1])), grpc.StatusCode.DEADLINE_EXCEEDED, "timeout"),
     ],
-)  # fmt: skip
+)
 def test_grpc_errors_map_to_status_codes(stub, request_, code, words):
     with pytest.raises(grpc.RpcError) as caught:
         stub.ModelInfer(request_)

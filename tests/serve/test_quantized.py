@@ -11,7 +11,8 @@ import pytest
 from ray import serve
 
 from graphs.champion_challenger import build_app
-from serve_app.demo import build_torch_copy, request_columns, synthetic_transactions
+from serve_app.demo import request_columns, synthetic_transactions
+from serve_app.large_models import build_torch_copy
 from serve_app.predlog import PREDICTIONS, read_table
 from serve_app.protocol.rest import request_body
 from serve_app.quantize import quantize
@@ -32,8 +33,12 @@ def app(ray_cluster, demo_repository, tmp_path_factory):
     storage = tmp_path_factory.mktemp("quantized-storage")
     traffic = {"champion": 1, "challenger": version, "challenger_weight": 0.5, "shadows": [2], "shadow_fraction": 1.0}
     torch_traffic = {"champion": 1, "challenger": torch_int8, "challenger_weight": 0.5}
-    args = {"repository": str(root), "storage_uri": str(storage), "models": ["fraud", "fraud-torch"],
-            "experiments": {"fraud": {"traffic": traffic}, "fraud-torch": {"traffic": torch_traffic}}}  # fmt: skip
+    args = {
+        "repository": str(root),
+        "storage_uri": str(storage),
+        "models": ["fraud", "fraud-torch"],
+        "experiments": {"fraud": {"traffic": traffic}, "fraud-torch": {"traffic": torch_traffic}},
+    }
     serve.run(build_app(args), name=APP, route_prefix=PREFIX)
     yield {"url": ray_cluster.http_url + PREFIX, "version": version, "storage": storage}
     serve.delete(APP)

@@ -1,6 +1,6 @@
 """Serverless: a model deployment with Serve autoscaling from zero replicas (min_replicas: 0) runs
 no replica while idle, comes back on the first request, which waits for it and is answered, and
-goes back to zero when idle again. The cold start is printed (README, "Scale to zero")."""
+goes back to zero when idle again. The cold start is printed (docs/operations.md, "Scale to zero")."""
 
 from __future__ import annotations
 
@@ -15,8 +15,11 @@ from tests.helpers import serve_deploy, wait_until
 
 APP = "serverless"
 MODEL_DEPLOYMENT = "dense-v1-model"
-BODY = {"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [2, DENSE_IN],
-                    "data": np.linspace(-1, 1, 2 * DENSE_IN).tolist()}]}  # fmt: skip
+BODY = {
+    "inputs": [
+        {"name": "INPUT", "datatype": "FP32", "shape": [2, DENSE_IN], "data": np.linspace(-1, 1, 2 * DENSE_IN).tolist()}
+    ]
+}
 
 
 def _running_replicas() -> int:
@@ -25,8 +28,14 @@ def _running_replicas() -> int:
 
 
 def test_a_model_scales_to_zero_and_back_on_the_first_request(ray_cluster, demo_repository, tmp_path):
-    autoscaling = {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1, "target_ongoing_requests": 8,
-                   "upscale_delay_s": 0, "downscale_delay_s": 3}  # fmt: skip
+    autoscaling = {
+        "min_replicas": 0,
+        "initial_replicas": 0,
+        "max_replicas": 1,
+        "target_ongoing_requests": 8,
+        "upscale_delay_s": 0,
+        "downscale_delay_s": 3,
+    }
     application = {
         "name": APP,
         "route_prefix": f"/{APP}",

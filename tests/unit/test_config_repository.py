@@ -123,6 +123,10 @@ def test_the_index_says_which_versions_are_served_and_why_others_are_not(fraud_r
     entries = ModelRepository(fraud_repository).index({("fraud", 2)})
     by_key = {(e["name"], e["version"]): e for e in entries}
     assert by_key[("fraud", "2")]["state"] == "READY"
-    assert by_key[("fraud", "1")] == {"name": "fraud", "version": "1", "state": "UNAVAILABLE",
-                                      "reason": "not loaded by this application"}  # fmt: skip
+    assert by_key[("fraud", "1")] == {
+        "name": "fraud",
+        "version": "1",
+        "state": "UNAVAILABLE",
+        "reason": "not loaded by this application",
+    }
     assert by_key[("broken", "")]["state"] == "UNAVAILABLE" and "platform" in by_key[("broken", "")]["reason"]

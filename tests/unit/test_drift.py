@@ -165,8 +165,9 @@ def test_an_alert_fires_once_per_episode_to_the_webhook_and_the_command(fraud_v1
 
 
 def test_a_failing_webhook_and_command_are_reported_not_raised():
-    settings = AlertSettings(webhook_url="http://127.0.0.1:9/nothing", command=[sys.executable, "-c", "exit(3)"],
-                             timeout_s=2)  # fmt: skip
+    settings = AlertSettings(
+        webhook_url="http://127.0.0.1:9/nothing", command=[sys.executable, "-c", "exit(3)"], timeout_s=2
+    )
     outcome = asyncio.run(deliver_alert({"model": "fraud"}, settings))
     assert outcome["webhook"].startswith("failed: ")
     assert outcome["command"] == "exit 3"

@@ -47,11 +47,16 @@ def test_raw_contents_round_trip_every_datatype(datatype):
     assert response.raw_output_contents[0] == tensor_to_raw(array)
 
 
-@pytest.mark.parametrize(("datatype", "field", "values"), [
-    ("INT8", "int_contents", [-3, 4]), ("UINT64", "uint64_contents", [0, 2**64 - 1]),
-    ("FP64", "fp64_contents", [0.5, -1.25]), ("BOOL", "bool_contents", [True, False]),
-    ("BYTES", "bytes_contents", [b"x", b"yz"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("datatype", "field", "values"),
+    [
+        ("INT8", "int_contents", [-3, 4]),
+        ("UINT64", "uint64_contents", [0, 2**64 - 1]),
+        ("FP64", "fp64_contents", [0.5, -1.25]),
+        ("BOOL", "bool_contents", [True, False]),
+        ("BYTES", "bytes_contents", [b"x", b"yz"]),
+    ],
+)
 def test_typed_contents_are_read(datatype, field, values):
     message = pb.ModelInferRequest(model_name="m")
     tensor = message.inputs.add(name="t", datatype=datatype, shape=[2])

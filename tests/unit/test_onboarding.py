@@ -48,8 +48,12 @@ def test_bad_registrations_name_the_problem_and_change_nothing(fraud_repository,
     with pytest.raises(InvalidInput, match="no path characters"):
         register(fraud_repository, "../elsewhere", fraud_repository / "fraud" / "2" / "model.onnx")
     with pytest.raises(InvalidInput, match="the preprocessor makes 'features'"):
-        register(fraud_repository, "dense-with-fraud-inputs", demo_repository / "dense" / "1" / "model.onnx",
-                 fraud_repository / "fraud" / "2" / "preprocessor.json")  # fmt: skip
+        register(
+            fraud_repository,
+            "dense-with-fraud-inputs",
+            demo_repository / "dense" / "1" / "model.onnx",
+            fraud_repository / "fraud" / "2" / "preprocessor.json",
+        )
     assert snapshot(fraud_repository) == before
 
 

@@ -13,11 +13,17 @@ from serve_app.storage import read_json, write_json
 
 def _row(i: int, model: str = "fraud") -> dict:
     return {
-        "request_id": f"r{i}", "time": utc_now(), "model": model, "version": 1, "role": "champion",
+        "request_id": f"r{i}",
+        "time": utc_now(),
+        "model": model,
+        "version": 1,
+        "role": "champion",
         "inputs": tensors_as_json({"amount": np.array([1.5], np.float32), "country": np.array([b"US"], dtype=object)}),
-        "outputs": tensors_as_json({"p": np.array([0.25], np.float32)}), "score": 0.25, "latency_ms": 3.0,
+        "outputs": tensors_as_json({"p": np.array([0.25], np.float32)}),
+        "score": 0.25,
+        "latency_ms": 3.0,
         "status": "ok",
-    }  # fmt: skip
+    }
 
 
 def test_rows_are_written_once_partitioned_by_model_and_date(tmp_path):
@@ -49,8 +55,12 @@ def test_a_large_request_is_logged_as_a_digest_a_small_one_whole(tmp_path):
     assert log.flush() == 2
     logged = dict(zip(*read_table(str(tmp_path), PREDICTIONS).select(["request_id", "inputs"]).to_pydict().values()))
     digest = json.loads(logged["r0"])["x"]
-    assert digest == {"shape": [5, 1000], "dtype": "float32", "head": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
-                      "sha256": hashlib.sha256(large.tobytes()).hexdigest()}  # fmt: skip
+    assert digest == {
+        "shape": [5, 1000],
+        "dtype": "float32",
+        "head": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
+        "sha256": hashlib.sha256(large.tobytes()).hexdigest(),
+    }
     assert json.loads(logged["r1"])["x"] == large[:4].ravel().tolist()
     noise = np.random.default_rng(3).standard_normal(300).astype(np.float32)  # numpy's float32 text, read back equal
     noise[7] = np.nan

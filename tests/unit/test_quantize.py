@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from serve_app import cli
-from serve_app.demo import build_torch_copy, request_columns, synthetic_transactions
+from serve_app.demo import request_columns, synthetic_transactions
 from serve_app.errors import InvalidInput, ModelNotFound
+from serve_app.large_models import build_torch_copy
 from serve_app.protocol.dataplane import DataPlane, LocalEndpoint
 from serve_app.quantize import quantize
 from serve_app.repository import ModelRepository
@@ -33,8 +34,24 @@ def demo_auc(root: Path, version: int) -> float:
 
 
 def test_int8_dynamic_is_registered_as_the_next_version_with_its_report(fraud_repository, capsys):
-    assert cli.main(["quantize", "--repository", str(fraud_repository), "--model", "fraud", "--version", "2",
-                     "--to", "int8-dynamic", "--max-accuracy-drop", "0.01"]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "quantize",
+                "--repository",
+                str(fraud_repository),
+                "--model",
+                "fraud",
+                "--version",
+                "2",
+                "--to",
+                "int8-dynamic",
+                "--max-accuracy-drop",
+                "0.01",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     trained_auc = demo_auc(fraud_repository, 2)  # what this machine's training gave: BLAS-dependent
     assert "registered as fraud v3" in out and f"| auc on the validation set | {trained_auc} |" in out
@@ -73,8 +90,21 @@ def test_fp16_keeps_fp32_inputs_and_outputs(fraud_repository):
 
 def test_a_variant_that_loses_too_much_is_not_registered(fraud_repository, capsys):
     before = snapshot(fraud_repository)
-    code = cli.main(["quantize", "--repository", str(fraud_repository), "--model", "fraud", "--version", "2",
-                     "--to", "int8-dynamic", "--max-accuracy-drop", "-0.5"])  # fmt: skip
+    code = cli.main(
+        [
+            "quantize",
+            "--repository",
+            str(fraud_repository),
+            "--model",
+            "fraud",
+            "--version",
+            "2",
+            "--to",
+            "int8-dynamic",
+            "--max-accuracy-drop",
+            "-0.5",
+        ]
+    )
     assert code == 1 and "not registered" in capsys.readouterr().err
     assert snapshot(fraud_repository) == before
 

@@ -39,16 +39,30 @@ def logged(demo_repository, tmp_path_factory) -> tuple[str, pd.DataFrame, dict[i
             failed = role == "shadow" and i % 100 == 0  # a few shadow calls failed
             log.record(
                 PREDICTIONS,
-                {"request_id": row.transaction_id, "time": utc_now(), "model": "fraud", "version": version,
-                 "role": role, "inputs": tensors_as_json({}), "outputs": "{}",
-                 "score": None if failed else float(scores[version][i]), "latency_ms": 2.0 + version,
-                 "status": "RayTaskError" if failed else "ok"},
-            )  # fmt: skip
+                {
+                    "request_id": row.transaction_id,
+                    "time": utc_now(),
+                    "model": "fraud",
+                    "version": version,
+                    "role": role,
+                    "inputs": tensors_as_json({}),
+                    "outputs": "{}",
+                    "score": None if failed else float(scores[version][i]),
+                    "latency_ms": 2.0 + version,
+                    "status": "RayTaskError" if failed else "ok",
+                },
+            )
         log.record(
             FEEDBACK,
-            {"request_id": row.transaction_id, "time": utc_now(), "model": "fraud", "reward": None,
-             "label": str(bool(getattr(row, LABEL))), "known": True},
-        )  # fmt: skip
+            {
+                "request_id": row.transaction_id,
+                "time": utc_now(),
+                "model": "fraud",
+                "reward": None,
+                "label": str(bool(getattr(row, LABEL))),
+                "known": True,
+            },
+        )
     log.flush()
     return storage, validation, scores
 
@@ -93,8 +107,10 @@ def test_the_notebook_runs_and_shows_the_same_numbers(logged, tmp_path, monkeypa
     ).execute()
     text = "".join(
         "".join(output.get("text", "")) + json.dumps(output.get("data", {}))
-        for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])
-    )  # fmt: skip
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+    )
     report = compare(*load_logs(storage, "fraud"))
     assert f"{report['shadow_versions']['2']['agreement_rate']:.4f}" in text
     assert "image/png" in text
@@ -123,16 +139,31 @@ def test_rankers_are_compared_by_ndcg(tmp_path):
         for version, role, scores in ((1, "champion", production), (2, "shadow", shadow)):
             log.record(
                 PREDICTIONS,
-                {"request_id": f"q{i}", "time": utc_now(), "model": "ranker", "version": version, "role": role,
-                 "inputs": "{}", "outputs": json.dumps({"scores": scores.tolist()}), "score": float(scores[0]),
-                 "latency_ms": 1.0, "status": "ok"},
-            )  # fmt: skip
+                {
+                    "request_id": f"q{i}",
+                    "time": utc_now(),
+                    "model": "ranker",
+                    "version": version,
+                    "role": role,
+                    "inputs": "{}",
+                    "outputs": json.dumps({"scores": scores.tolist()}),
+                    "score": float(scores[0]),
+                    "latency_ms": 1.0,
+                    "status": "ok",
+                },
+            )
             expected[role if role == "shadow" else "production"].append(ndcg_at_k(scores, {relevant}))
         log.record(
             FEEDBACK,
-            {"request_id": f"q{i}", "time": utc_now(), "model": "ranker", "reward": None, "label": str(relevant),
-             "known": True},
-        )  # fmt: skip
+            {
+                "request_id": f"q{i}",
+                "time": utc_now(),
+                "model": "ranker",
+                "reward": None,
+                "label": str(relevant),
+                "known": True,
+            },
+        )
     log.flush()
     entry = compare(*load_logs(str(tmp_path), "ranker"))["shadow_versions"]["2"]
     assert entry["ndcg"]["labelled"] == 200 and "auc" not in entry

@@ -24,8 +24,9 @@ def test_counts_and_percentiles_per_version_and_arm():
     assert (champion["version"], champion["arm"], champion["requests"], champion["failures"]) == (1, "champion", 101, 1)
     assert champion["p50_ms"] == 50.5 and champion["p99_ms"] == 99.01
     assert challenger["p50_ms"] == challenger["p99_ms"] == 5.0
-    assert fraud["shadows"] == [{"version": 3, "calls": 3, "failures": 1, "compared": 2, "disagreements": 1,
-                                 "agreement": 0.5}]  # fmt: skip
+    assert fraud["shadows"] == [
+        {"version": 3, "calls": 3, "failures": 1, "compared": 2, "disagreements": 1, "agreement": 0.5}
+    ]
 
 
 def test_the_latency_window_keeps_the_latest_answers():
