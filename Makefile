@@ -10,7 +10,7 @@ comma := ,
 EXTRAS := dev,torch,drift$(if $(filter 1,$(CUDA)),$(comma)cuda)
 INSTALLED := $(VENV)/.installed$(if $(filter 1,$(CUDA)),-cuda)
 
-.PHONY: install demo run test check-install soak reliability-report audit lock lint format bench bench-env proto clean
+.PHONY: install demo run test check-install soak reliability-report docs audit lock lint format bench bench-env proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ $(REPOSITORY)/fraud/config.yaml: | $(INSTALLED)
 
 demo: $(REPOSITORY)/fraud/config.yaml
 
-# Ray Serve's high-throughput settings and its HAProxy ingress (serve_app/config.py: RAY_SERVE_ENV; README, "Speed").
+# Ray Serve's high-throughput settings and its HAProxy ingress (serve_app/config.py: RAY_SERVE_ENV; docs/speed.md).
 RAY_SERVE_ENV := RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S=30 \
 	RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=5 RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT=31500 \
 	RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT=32500
@@ -49,14 +49,22 @@ test: install
 check-install: install
 	INSTALL_PYTHON='$(PYTHON)' $(BIN)/python -m pytest -s -m install tests/install $(PYTEST_ARGS)
 
-# The reliability suite's soak, longer: 64 clients for SOAK_SECONDS (README, "Reliability").
+# The reliability suite's soak, longer: 64 clients for SOAK_SECONDS; its row of the table goes into
+# docs/reliability.md.
 SOAK_SECONDS ?= 600
 soak: install
-	SERVE_APP_README_TABLE=1 SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m pytest --timeout=0 tests/reliability/test_load.py $(PYTEST_ARGS)
+	SERVE_APP_WRITE_RELIABILITY_TABLE=1 SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m pytest --timeout=0 tests/reliability/test_load.py $(PYTEST_ARGS)
 
-# The reliability suite, its table written into the README (a plain make test writes it to test-output/ only).
+# The reliability suite, its table written into docs/reliability.md (a plain make test writes it to
+# test-output/ only).
 reliability-report: install
-	SERVE_APP_README_TABLE=1 $(BIN)/python -m pytest tests/reliability $(PYTEST_ARGS)
+	SERVE_APP_WRITE_RELIABILITY_TABLE=1 $(BIN)/python -m pytest tests/reliability $(PYTEST_ARGS)
+
+# The documentation site (mkdocs.yml, docs/) into build/docs. --strict: a broken link or anchor, or a page
+# missing from the nav, fails the build. docs/requirements.txt pins MkDocs and its Material theme.
+docs: install
+	$(BIN)/python -m pip install --quiet -r docs/requirements.txt
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir build/docs
 
 # Known vulnerabilities in requirements.lock; accepted ones live in security/accepted-vulnerabilities.txt.
 audit: install

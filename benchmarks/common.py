@@ -35,7 +35,7 @@ def result_header(benchmark: str) -> dict:
 
 
 def write_result(result: dict) -> Path:
-    """benchmarks/results/<benchmark>-<date>.json: the figures the README quotes."""
+    """benchmarks/results/<benchmark>-<date>.json: the figures docs/speed.md quotes."""
     out = RESULTS / f"{result['benchmark']}-{result['date']}.json"
     RESULTS.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

@@ -6,7 +6,7 @@ Trains an MLP (64-32, ReLU) with Adam on fresh synthetic transactions, through t
 own preprocessor (the latest version's preprocessor.json), and writes:
   <out>/fraud.pt          the model, scripted (TorchScript): features [batch, width] -> probability [batch]
   <out>/example.parquet   raw transactions for export's parity check (and the new version's reference)
-The first step of the README's "Ship a new model" walkthrough. Seeded: the same file every run.
+The first step of the "Ship a new model" walkthrough (docs/guides/models.md). Seeded: the same file every run.
 """
 
 from __future__ import annotations
