@@ -28,30 +28,19 @@ def scores(root: Path, version: int, frame: pd.DataFrame, model: str = "fraud") 
     return runner.predict(found.preprocessor.transform(request_columns(frame)))["fraud_probability"]
 
 
+def quantize_command(root: Path, max_accuracy_drop: str) -> int:
+    """`serve-app quantize` of fraud v2 to INT8 (dynamic), as a user types it."""
+    arguments = ["--model", "fraud", "--version", "2", "--to", "int8-dynamic", "--max-accuracy-drop"]
+    return cli.main(["quantize", "--repository", str(root), *arguments, max_accuracy_drop])
+
+
 def demo_auc(root: Path, version: int) -> float:
     """The validation AUC the demo build measured for a fraud version (its metrics.json)."""
     return json.loads((root / "fraud" / "metrics.json").read_text())[str(version)]["auc"]
 
 
 def test_int8_dynamic_is_registered_as_the_next_version_with_its_report(fraud_repository, capsys):
-    assert (
-        cli.main(
-            [
-                "quantize",
-                "--repository",
-                str(fraud_repository),
-                "--model",
-                "fraud",
-                "--version",
-                "2",
-                "--to",
-                "int8-dynamic",
-                "--max-accuracy-drop",
-                "0.01",
-            ]
-        )
-        == 0
-    )
+    assert quantize_command(fraud_repository, max_accuracy_drop="0.01") == 0
     out = capsys.readouterr().out
     trained_auc = demo_auc(fraud_repository, 2)  # what this machine's training gave: BLAS-dependent
     assert "registered as fraud v3" in out and f"| auc on the validation set | {trained_auc} |" in out
@@ -90,21 +79,7 @@ def test_fp16_keeps_fp32_inputs_and_outputs(fraud_repository):
 
 def test_a_variant_that_loses_too_much_is_not_registered(fraud_repository, capsys):
     before = snapshot(fraud_repository)
-    code = cli.main(
-        [
-            "quantize",
-            "--repository",
-            str(fraud_repository),
-            "--model",
-            "fraud",
-            "--version",
-            "2",
-            "--to",
-            "int8-dynamic",
-            "--max-accuracy-drop",
-            "-0.5",
-        ]
-    )
+    code = quantize_command(fraud_repository, max_accuracy_drop="-0.5")
     assert code == 1 and "not registered" in capsys.readouterr().err
     assert snapshot(fraud_repository) == before
 
