@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from serve_app.config import BatchSettings, DriftSettings, ExperimentGraphArgs, GraphArgs, describe_validation_error
 from serve_app.errors import InvalidInput, RepositoryError
 from serve_app.repository import ModelRepository, ModelVersion
+from serve_app.scores import positive
 from serve_app.storage import open_storage, read_json, write_json
 
 logger = logging.getLogger("serve_app.batch")
@@ -441,12 +442,14 @@ def _comparison(plan: JobPlan, filesystem, root: str, parts: list[str]) -> dict:
     )
     champion, challenger = (table[c].to_numpy().astype(np.float64) for c in columns)
     difference = np.abs(champion - challenger)
+    threshold = plan.version.config.decision_threshold
     return {
         "champion_version": plan.versions[0].version,
         "challenger_version": plan.versions[1].version,
         "output": output,
         "rows": len(champion),
-        "agreement_at_0.5": round(float(np.mean((champion >= 0.5) == (challenger >= 0.5))), 6),
+        "decision_threshold": threshold,
+        "agreement": round(float(np.mean(positive(champion, threshold) == positive(challenger, threshold))), 6),
         "mean_abs_difference": round(float(difference.mean()), 6) if len(difference) else None,
         "max_abs_difference": round(float(difference.max()), 6) if len(difference) else None,
         "correlation": round(float(np.corrcoef(champion, challenger)[0, 1]), 6) if len(champion) > 1 else None,

@@ -54,6 +54,7 @@ def build_app(args: dict) -> Application:
         settings.storage_uri,
         {model: e.settings.model_dump() for model, e in settings.experiments.items()},
         settings.feedback_window_requests,
+        {model: repository.config(model).decision_threshold for model in settings.experiments},
     )
     router_settings = settings.model_dump(include=set(GraphArgs.model_fields))
     return router(settings).bind(

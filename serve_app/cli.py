@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from serve_app.errors import ServeAppError
 
@@ -38,13 +39,18 @@ def _repository_check(args: argparse.Namespace) -> int:
 
 
 def _shadow_report(args: argparse.Namespace) -> int:
+    from serve_app.config import DEFAULT_DECISION_THRESHOLD
+    from serve_app.repository import ModelRepository
     from serve_app.shadow.report import compare, load_logs, render_html
 
     predictions, feedback = load_logs(args.storage, args.model)
     if predictions.empty:
         print(f"serve-app: no predictions of model '{args.model}' under {args.storage}", file=sys.stderr)
         return 1
-    report = compare(predictions, feedback)
+    threshold = DEFAULT_DECISION_THRESHOLD
+    if Path(args.repository, args.model, "config.yaml").is_file():
+        threshold = ModelRepository(args.repository).config(args.model).decision_threshold
+    report = compare(predictions, feedback, threshold)
     with open(args.out, "w") as out:
         out.write(render_html(args.model, report, predictions))
     print(json.dumps(report, indent=1))
@@ -180,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     shadow.add_argument("--storage", required=True, help="storage URI of the prediction log")
     shadow.add_argument("--model", required=True)
     shadow.add_argument("--out", default="shadow_report.html")
+    shadow.add_argument("--repository", default="model_repository", help="where the model's decision_threshold is")
     shadow.set_defaults(run=_shadow_report)
     models = commands.add_parser("models", help="models and versions").add_subparsers(dest="action", required=True)
     listing = models.add_parser("list", help="every version in the repository, and whether a server serves it")

@@ -22,6 +22,9 @@ Datatype = Literal[
     "BYTES",
 ]
 
+DEFAULT_DECISION_THRESHOLD = 0.5
+"""ModelConfig.decision_threshold where a model's config does not set it."""
+
 # Names end up in URLs, deployment names and file paths: keep them to a safe alphabet.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
@@ -136,6 +139,9 @@ class ModelConfig(Strict):
     """onnxruntime_onnx reads model.onnx; pytorch_libtorch reads model.pt (TorchScript)
     or model.pt2 (torch.export program)."""
     description: str = ""
+    decision_threshold: float = DEFAULT_DECISION_THRESHOLD
+    """A score (the first value of a row of the first numeric output) at or above it is a positive
+    decision: shadow agreement, label feedback and the batch job's comparison all read it."""
     max_batch_size: int = Field(256, ge=1)
     """Most rows one request may carry, and the cap for dynamic batching."""
     inputs: list[TensorSpec] = Field(min_length=1)

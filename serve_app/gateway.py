@@ -22,11 +22,12 @@ from serve_app.errors import Conflict, ModelNotFound, Unavailable, as_client_err
 from serve_app.experiments.traffic import TrafficController
 from serve_app.messages import DriftBatch, RequestEvent
 from serve_app.model_control import ModelControl
-from serve_app.predlog import ParquetLog, first_score
+from serve_app.predlog import ParquetLog
 from serve_app.protocol.dataplane import DataPlane, Endpoint
 from serve_app.protocol.messages import InferenceRequest, InferenceResponse
 from serve_app.repository import ModelRepository
 from serve_app.runtime.merging import QueueFull
+from serve_app.scores import row_scores
 from serve_app.shadow.mirror import SHADOW_WINDOW_S, ShadowMirror
 from serve_app.telemetry import RequestStats
 
@@ -66,7 +67,7 @@ class Metrics(Protocol):
 
     def request(self, model: str, version: int, arm: str, latency_ms: float, ok: bool) -> None: ...
     def shed(self, model: str) -> None: ...
-    def shadow(self, model: str, version: int, disagreed: bool | None, ok: bool) -> None: ...
+    def shadow(self, model: str, version: int, ok: bool, compared: int, disagreed: int) -> None: ...
     def log(self, stats: dict) -> None: ...
     def flush(self) -> None: ...
 
@@ -123,7 +124,8 @@ class Gateway:
             self.traffic.set_traffic(model, TrafficSettings.model_validate(traffic))
         self.stats = RequestStats()
         self.metrics = metrics
-        self.shadows = ShadowMirror(self.dataplane, self.traffic, self.stats, metrics)
+        thresholds = {model: config.decision_threshold for model, config in self.configs.items()}
+        self.shadows = ShadowMirror(self.dataplane, self.traffic, self.stats, metrics, thresholds)
         self.drift = drift
         watched = settings.drift if drift is not None else {}
         columns = {m: drift_columns(endpoints, m, s.features) for m, s in watched.items()}
@@ -195,9 +197,9 @@ class Gateway:
         except Exception:  # drift is best effort: never the client's problem
             logger.exception("drift: a request's rows could not be buffered")
         if route.shadows:
-            production_score = first_score(response.outputs)
+            production = row_scores(response.outputs, len(next(iter(inference.inputs.values()))))
             for shadow in route.shadows:  # fire and forget: the answer never waits for a shadow
-                self.shadows.queue.add(model, shadow, inference, production_score)
+                self.shadows.queue.add(model, shadow, inference, production)
         return response
 
     def _count(self, model: str, version: int, arm: str, latency_ms: float, ok: bool) -> None:

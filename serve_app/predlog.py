@@ -42,7 +42,8 @@ PREDICTION_SCHEMA = pa.schema(
         ("role", pa.string()),
         ("inputs", pa.string()),
         ("outputs", pa.string()),
-        ("score", pa.float64()),
+        ("score", pa.float64()),  # the request's (its first row's), what feedback is joined with
+        ("scores", pa.list_(pa.float64())),  # one per row; null in logs written before it
         ("latency_ms", pa.float64()),
         ("status", pa.string()),
     ]
@@ -126,14 +127,6 @@ def _jsonable(array: np.ndarray) -> list:
     if array.dtype.kind == "f" and not all(map(math.isfinite, values)):  # JSON has no NaN or infinity: null
         return [v if math.isfinite(v) else None for v in values]
     return values
-
-
-def first_score(outputs: dict[str, np.ndarray]) -> float | None:
-    """The first element of the first numeric output: the score a report compares across versions."""
-    for array in outputs.values():
-        if array.size and array.dtype.kind in "fiub":
-            return float(array.ravel()[0])
-    return None
 
 
 class ParquetLog:
@@ -226,8 +219,17 @@ class ParquetLog:
 
 
 def _encoded(row: dict[str, Any], max_values: int | None) -> dict[str, Any]:
-    """Tensors kept as numpy on the request path become JSON text here, in the writing thread."""
-    return {key: tensors_as_json(value, max_values) if isinstance(value, dict) else value for key, value in row.items()}
+    """Tensors kept as numpy on the request path become JSON text (and arrays lists) here, in the
+    writing thread."""
+    return {key: _encoded_value(value, max_values) for key, value in row.items()}
+
+
+def _encoded_value(value: Any, max_values: int | None) -> Any:
+    if isinstance(value, dict):
+        return tensors_as_json(value, max_values)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
 
 
 def _partitions(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:

@@ -11,8 +11,6 @@ import numpy as np
 LATENCY_WINDOW = 2000
 """Latest latencies kept per arm, for the status page's percentiles and the experiment's p99
 guardrail: bounded memory, and both see today's behaviour."""
-DECISION_THRESHOLD = 0.5
-"""A score at or above it is a positive decision; a shadow disagrees when its decision differs."""
 
 
 @dataclass
@@ -35,7 +33,7 @@ class ShadowStats:
     calls: int = 0
     failures: int = 0
     compared: int = 0
-    """Answers compared with production's (both had a score)."""
+    """Rows whose decision was compared with production's (both had a score per row)."""
     disagreements: int = 0
 
     def summary(self) -> dict:
@@ -47,13 +45,6 @@ class ShadowStats:
             "disagreements": self.disagreements,
             "agreement": agreement,
         }
-
-
-def disagrees(production_score: float | None, shadow_score: float | None) -> bool | None:
-    """Whether a shadow's decision differs from production's; None when either has no score."""
-    if production_score is None or shadow_score is None:
-        return None
-    return (production_score >= DECISION_THRESHOLD) != (shadow_score >= DECISION_THRESHOLD)
 
 
 class RequestStats:
@@ -69,13 +60,13 @@ class RequestStats:
         else:
             stats.failures += 1
 
-    def shadow(self, model: str, version: int, disagreed: bool | None, ok: bool) -> None:
+    def shadow(self, model: str, version: int, ok: bool, compared: int = 0, disagreed: int = 0) -> None:
+        """One mirrored request: compared and disagreed count its rows."""
         stats = self.shadows.setdefault((model, version), ShadowStats())
         stats.calls += 1
         stats.failures += not ok
-        if disagreed is not None:
-            stats.compared += 1
-            stats.disagreements += disagreed
+        stats.compared += compared
+        stats.disagreements += disagreed
 
     def snapshot(self) -> dict[str, dict]:
         """Per model: each (version, arm) answering production, and each shadow version."""

@@ -20,12 +20,19 @@ class ExperimentDeployment:
     """The single replica that owns experiment state. Traffic per model comes from user_config
     ({"traffic": {model: TrafficSettings}}), so ops change weights live with `serve deploy`."""
 
-    def __init__(self, storage_uri: str, settings: dict[str, dict], feedback_window_requests: int = 200_000):
+    def __init__(
+        self,
+        storage_uri: str,
+        settings: dict[str, dict],
+        feedback_window_requests: int = 200_000,
+        decision_thresholds: dict[str, float] | None = None,
+    ):
         replica_logging()
         self.store = ExperimentStore(
             storage_uri,
             {model: ExperimentSettings.model_validate(s) for model, s in settings.items()},
             max_tracked_requests=feedback_window_requests,
+            decision_thresholds=decision_thresholds,
         )
         self.metrics = ExperimentMetrics()
         self._decisions_counted: dict[str, int] = {}

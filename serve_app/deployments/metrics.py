@@ -31,8 +31,11 @@ class RouterMetrics:
         shadow = ("model", "version")
         self.shadow_calls = metrics.Counter("serve_app_shadow_requests", "mirrored requests sent", tag_keys=shadow)
         self.shadow_failures = metrics.Counter("serve_app_shadow_failures", "mirrored requests failed", tag_keys=shadow)
+        self.compared_rows = metrics.Counter(
+            "serve_app_shadow_compared_rows", "mirrored rows whose decision was compared", tag_keys=shadow
+        )
         self.disagreements = metrics.Counter(
-            "serve_app_shadow_disagreements", "shadow decisions differing from production's", tag_keys=shadow
+            "serve_app_shadow_disagreements", "mirrored rows whose decision differs from production's", tag_keys=shadow
         )
 
         self.log_rows = metrics.Counter(
@@ -85,13 +88,15 @@ class RouterMetrics:
     def shed(self, model: str) -> None:
         self.shed_requests.inc(tags={"model": model})
 
-    def shadow(self, model: str, version: int, disagreed: bool | None, ok: bool) -> None:
+    def shadow(self, model: str, version: int, ok: bool, compared: int = 0, disagreed: int = 0) -> None:
         tags = {"model": model, "version": str(version)}
         self.shadow_calls.inc(tags=tags)
         if not ok:
             self.shadow_failures.inc(tags=tags)
+        if compared:
+            self.compared_rows.inc(compared, tags=tags)
         if disagreed:
-            self.disagreements.inc(tags=tags)
+            self.disagreements.inc(disagreed, tags=tags)
 
 
 class ModelMetrics:

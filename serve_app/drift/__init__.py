@@ -20,7 +20,7 @@ from serve_app.drift.alerts import deliver_alert
 from serve_app.drift.detectors import BUNDLE_FOLDER, Detectors, build_detectors, detectors_for
 from serve_app.drift.feed import DriftFeed
 from serve_app.drift.monitor import DriftMonitor, drift_history
-from serve_app.drift.schema import FeatureSchema, feature_schema, load_reference, row_scores
+from serve_app.drift.schema import FeatureSchema, feature_schema, load_reference
 
 __all__ = [
     "BUNDLE_FOLDER",
@@ -34,5 +34,4 @@ __all__ = [
     "drift_history",
     "feature_schema",
     "load_reference",
-    "row_scores",
 ]

@@ -9,9 +9,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from serve_app.config import DriftSettings
-from serve_app.drift.schema import row_scores
 from serve_app.messages import DriftBatch
 from serve_app.runtime.batching import merge_rows
+from serve_app.scores import row_scores
 
 
 class DriftFeed:

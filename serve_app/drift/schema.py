@@ -15,6 +15,7 @@ from serve_app.config import DriftSettings, Strict
 from serve_app.errors import RepositoryError
 from serve_app.features import BooleanFeature, CategoricalFeature, Preprocessor
 from serve_app.repository import ModelVersion
+from serve_app.scores import row_scores
 
 REFERENCE_SEED = 0
 
@@ -88,14 +89,6 @@ def _text(value: Any) -> str:
     if isinstance(value, (bool, np.bool_)):
         return "True" if value else "False"
     return str(value)
-
-
-def row_scores(outputs: Mapping[str, np.ndarray], rows: int) -> np.ndarray | None:
-    """One score per row: the first value of each row of the first numeric output."""
-    for array in outputs.values():
-        if array.dtype.kind in "fiub" and array.size and array.shape[0] == rows:
-            return array.reshape(rows, -1)[:, 0].astype(np.float64)
-    return None
 
 
 def load_reference(version: ModelVersion, settings: DriftSettings) -> pd.DataFrame:

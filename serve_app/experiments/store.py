@@ -15,11 +15,12 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from serve_app.config import ExperimentSettings, TrafficSettings
+from serve_app.config import DEFAULT_DECISION_THRESHOLD, ExperimentSettings, TrafficSettings
 from serve_app.errors import InvalidInput, ModelNotFound
 from serve_app.experiments.experiment import Experiment
 from serve_app.messages import RequestEvent
 from serve_app.predlog import FEEDBACK, ParquetLog, utc_now
+from serve_app.scores import positive
 from serve_app.storage import read_json, write_json
 
 SAVE_INTERVAL_S = 1.0
@@ -37,9 +38,12 @@ class ExperimentStore:
         settings: dict[str, ExperimentSettings],
         clock: Callable[[], float] = time.time,
         max_tracked_requests: int = 200_000,
+        decision_thresholds: dict[str, float] | None = None,
     ):
+        """decision_thresholds: each model's ModelConfig.decision_threshold, for label feedback."""
         self.storage_uri = storage_uri
         self.settings = settings
+        self.decision_thresholds = decision_thresholds or {}
         self.clock = clock
         self.max_tracked_requests = max_tracked_requests
         self.experiments: dict[str, Experiment] = {}
@@ -164,8 +168,9 @@ class ExperimentStore:
             return None if reward is None else float(reward)
         if label is None or score is None:
             return None
-        positive = label in (True, 1, "1", "true", "True")
-        return 1.0 if (score >= 0.5) == positive else 0.0
+        labelled_positive = label in (True, 1, "1", "true", "True")
+        threshold = self.decision_thresholds.get(model, DEFAULT_DECISION_THRESHOLD)
+        return 1.0 if positive(score, threshold) == labelled_positive else 0.0
 
     def _evaluate(self, models: set[str]) -> list[dict]:
         decisions = []

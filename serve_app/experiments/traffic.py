@@ -17,8 +17,9 @@ from serve_app.config import TrafficSettings
 from serve_app.errors import InvalidInput
 from serve_app.experiments.split import TrafficPolicy
 from serve_app.messages import RequestEvent
-from serve_app.predlog import PREDICTIONS, ParquetLog, first_score, utc_now
+from serve_app.predlog import PREDICTIONS, ParquetLog, utc_now
 from serve_app.protocol.messages import InferenceRequest
+from serve_app.scores import row_scores
 
 ROUTING_KEY_HEADER = "x-routing-key"
 DIRECT = "direct"
@@ -75,7 +76,8 @@ class TrafficController:
         in_experiment = model in self.policies and role in ("champion", "challenger")
         if self.log is None and not in_experiment:
             return
-        score = first_score(outputs) if outputs else None
+        scores = row_scores(outputs) if outputs else None
+        score = None if scores is None else float(scores[0])
         if self.log is not None:
             self.log.record(
                 PREDICTIONS,
@@ -88,6 +90,7 @@ class TrafficController:
                     "inputs": request.inputs,
                     "outputs": outputs or {},  # encoded as JSON in the flush thread
                     "score": score,
+                    "scores": scores,
                     "latency_ms": latency_ms,
                     "status": status,
                 },

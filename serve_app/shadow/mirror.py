@@ -7,20 +7,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
+
+import numpy as np
 
 from serve_app.experiments.traffic import TrafficController
-from serve_app.predlog import first_score
 from serve_app.protocol.dataplane import DataPlane
 from serve_app.protocol.messages import InferenceRequest
 from serve_app.runtime.batching import merge_rows, split_rows
-from serve_app.telemetry import RequestStats, disagrees
+from serve_app.scores import disagreements, row_scores
+from serve_app.telemetry import RequestStats
 
 logger = logging.getLogger("ray.serve")
 SHADOW_TIMEOUT_S = 10.0
 SHADOW_WINDOW_S = 1.0
 """How long mirrored requests gather before they go to their shadow version in one call."""
 
-Mirrored = list[tuple[InferenceRequest, "float | None"]]
+Mirrored = list[tuple[InferenceRequest, "np.ndarray | None"]]
+"""Each request with production's scores, one per row."""
 
 
 class ShadowQueue:
@@ -36,12 +40,12 @@ class ShadowQueue:
         self.size = 0
         self.skipped = 0
 
-    def add(self, model: str, version: int, request: InferenceRequest, production_score: float | None) -> None:
-        """production_score: what production answered, to compare the shadow's decision with."""
+    def add(self, model: str, version: int, request: InferenceRequest, production: np.ndarray | None) -> None:
+        """production: production's scores, one per row, to compare the shadow's decisions with."""
         if self.size >= self.max_pending:
             self.skipped += 1  # shadows are best effort: production never waits for room here
             return
-        self._pending.setdefault((model, version), []).append((request, production_score))
+        self._pending.setdefault((model, version), []).append((request, production))
         self.size += 1
 
     def take(self) -> dict[tuple[str, int], list[tuple[InferenceRequest, float | None]]]:
@@ -54,12 +58,12 @@ def chunks_by_rows(mirrored: Mirrored, max_rows: int) -> list[Mirrored]:
     chunks: list[Mirrored] = []
     current: Mirrored = []
     rows = 0
-    for request, production_score in mirrored:
+    for request, production in mirrored:
         size = next(iter(request.inputs.values())).shape[0]
         if current and rows + size > max_rows:
             chunks.append(current)
             current, rows = [], 0
-        current.append((request, production_score))
+        current.append((request, production))
         rows += size
     return [*chunks, current] if current else chunks
 
@@ -67,8 +71,17 @@ def chunks_by_rows(mirrored: Mirrored, max_rows: int) -> list[Mirrored]:
 class ShadowMirror:
     """Sends what the queue gathered; metrics: the gateway's Metrics sink (shadow counts)."""
 
-    def __init__(self, dataplane: DataPlane, traffic: TrafficController, stats: RequestStats, metrics):
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        traffic: TrafficController,
+        stats: RequestStats,
+        metrics,
+        thresholds: Mapping[str, float],
+    ):
+        """thresholds: each model's decision threshold (ModelConfig.decision_threshold)."""
         self.dataplane = dataplane
+        self.thresholds = dict(thresholds)
         self.traffic = traffic
         self.stats = stats
         self.metrics = metrics
@@ -97,13 +110,15 @@ class ShadowMirror:
             except Exception as error:
                 self._failed(model, version, chunk, start, error)
                 continue
-            for (request, production_score), answer in zip(chunk, outputs):
+            threshold = self.thresholds[model]
+            for (request, production), answer in zip(chunk, outputs):
                 self.traffic.record(model, version, "shadow", request, answer, _ms(start), "ok")
-                self._count(model, version, disagrees(production_score, first_score(answer)), ok=True)
+                shadow = row_scores(answer, len(next(iter(request.inputs.values()))))
+                self._count(model, version, True, *disagreements(production, shadow, threshold))
 
-    def _count(self, model: str, version: int, disagreed: bool | None, ok: bool) -> None:
-        self.stats.shadow(model, version, disagreed, ok)
-        self.metrics.shadow(model, version, disagreed, ok)
+    def _count(self, model: str, version: int, ok: bool, compared: int = 0, disagreed: int = 0) -> None:
+        self.stats.shadow(model, version, ok, compared, disagreed)
+        self.metrics.shadow(model, version, ok, compared, disagreed)
 
     def _failed(self, model: str, version: int, mirrored: Mirrored, start: float, error: Exception) -> None:
         before = self.traffic.shadow_failures
@@ -112,7 +127,7 @@ class ShadowMirror:
             logger.warning("shadow %s v%s failed (%d so far): %r", model, version, self.traffic.shadow_failures, error)
         for request, _ in mirrored:
             self.traffic.record(model, version, "shadow", request, None, _ms(start), type(error).__name__)
-            self._count(model, version, None, ok=False)
+            self._count(model, version, False)
 
 
 def _ms(start: float) -> float:

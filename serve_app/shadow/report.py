@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from serve_app.config import DEFAULT_DECISION_THRESHOLD
 from serve_app.predlog import FEEDBACK, PREDICTIONS, read_table
-from serve_app.telemetry import DECISION_THRESHOLD
+from serve_app.scores import positive
 
 PRODUCTION_ROLES = ("champion", "challenger", "direct")
 NDCG_K = 10
@@ -37,10 +38,26 @@ def paired(predictions: pd.DataFrame) -> pd.DataFrame:
     """One row per (request, shadow version): the shadow's and production's answer side by side."""
     production = predictions[predictions["role"].isin(PRODUCTION_ROLES) & (predictions["status"] == "ok")]
     shadow = predictions[predictions["role"] == "shadow"]
-    columns = ["request_id", "version", "score", "outputs", "latency_ms", "status"]
+    columns = ["request_id", "version", "score", "scores", "outputs", "latency_ms", "status"]
     return shadow[columns].merge(
-        production[columns[:5]], on="request_id", suffixes=("_shadow", "_production"), how="inner"
+        production[columns[:6]], on="request_id", suffixes=("_shadow", "_production"), how="inner"
     )
+
+
+def _row_scores(ok: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The compared requests' scores row by row, shadow's and production's (a request's one score
+    where its log predates scores per row, or the two disagree on the rows)."""
+    shadow: list[float] = []
+    production: list[float] = []
+    rows = zip(ok["scores_shadow"], ok["scores_production"], ok["score_shadow"], ok["score_production"])
+    for shadow_rows, production_rows, shadow_score, production_score in rows:
+        if shadow_rows is not None and production_rows is not None and len(shadow_rows) == len(production_rows):
+            shadow.extend(shadow_rows)
+            production.extend(production_rows)
+        else:
+            shadow.append(shadow_score)
+            production.append(production_score)
+    return np.asarray(shadow, dtype=float), np.asarray(production, dtype=float)
 
 
 def _labels(feedback: pd.DataFrame) -> pd.Series:
@@ -107,7 +124,10 @@ def _ndcg(known: pd.DataFrame, feedback: pd.DataFrame) -> dict[str, Any] | None:
     }
 
 
-def compare(predictions: pd.DataFrame, feedback: pd.DataFrame) -> dict[str, Any]:
+def compare(
+    predictions: pd.DataFrame, feedback: pd.DataFrame, decision_threshold: float = DEFAULT_DECISION_THRESHOLD
+) -> dict[str, Any]:
+    """decision_threshold: the model's (ModelConfig.decision_threshold), for agreement."""
     from scipy.stats import ks_2samp, wasserstein_distance
     from sklearn.metrics import roc_auc_score
 
@@ -130,9 +150,12 @@ def compare(predictions: pd.DataFrame, feedback: pd.DataFrame) -> dict[str, Any]
             "compared": len(ok),
         }
         if len(ok):
-            shadow, production = ok["score_shadow"].to_numpy(), ok["score_production"].to_numpy()
+            shadow, production = _row_scores(ok)
             entry |= {
-                "agreement_rate": float(np.mean((shadow >= DECISION_THRESHOLD) == (production >= DECISION_THRESHOLD))),
+                "compared_rows": len(shadow),
+                "agreement_rate": float(
+                    np.mean(positive(shadow, decision_threshold) == positive(production, decision_threshold))
+                ),
                 "mean_abs_score_difference": float(np.mean(np.abs(shadow - production))),
                 "ks_statistic": float(ks_2samp(shadow, production).statistic),
                 "wasserstein_distance": float(wasserstein_distance(shadow, production)),

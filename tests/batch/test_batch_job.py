@@ -186,7 +186,8 @@ def test_champion_and_challenger_side_by_side_with_a_drift_report(serve_config, 
     assert set(out["model_version"]) == {1} and set(out["challenger_model_version"]) == {2}
     comparison = summary["comparison"]
     agreement = np.mean((out["fraud_probability"] >= 0.5) == (out["challenger_fraud_probability"] >= 0.5))
-    assert comparison["agreement_at_0.5"] == pytest.approx(agreement) and comparison["rows"] == 2000
+    assert comparison["agreement"] == pytest.approx(agreement) and comparison["rows"] == 2000
+    assert comparison["decision_threshold"] == 0.5  # the demo's config leaves the default
     assert 0 < comparison["correlation"] < 1
     drift = summary["drift"]
     assert drift["batches_checked"] == 2 and drift["batches_drifting"] == 2

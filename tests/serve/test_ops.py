@@ -97,7 +97,8 @@ def _metric_problems(series: dict) -> list[str]:
     )
     # v3 is v2's copy: it decides as v2 does, and differs from v1 on a few of v1's rows at most
     disagreed = _total(series, "ray_serve_app_shadow_disagreements_total", model="fraud", version=3)
-    expect(disagreed < 240 * 0.2, f"disagreements {disagreed}")
+    compared = _total(series, "ray_serve_app_shadow_compared_rows_total", model="fraud", version=3)
+    expect(compared == 240 and disagreed < compared * 0.2, f"disagreements {disagreed} of {compared} rows")
     for version, answered_by in ((1, champion), (2, challenger), (3, shadowed)):
         rows = _total(series, "ray_serve_app_inference_count_total", model="fraud", version=version)
         calls = _total(series, "ray_serve_app_execution_count_total", model="fraud", version=version)

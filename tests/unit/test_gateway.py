@@ -92,8 +92,8 @@ class Metrics:
     def shed(self, model):
         self.shed_models.append(model)
 
-    def shadow(self, model, version, disagreed, ok):
-        self.shadows.append((model, version, ok))
+    def shadow(self, model, version, ok, compared=0, disagreed=0):
+        self.shadows.append((model, version, ok, compared))
 
     def log(self, stats):
         pass
@@ -177,14 +177,15 @@ def test_shadows_are_answered_apart_and_never_change_the_clients_answer(parts):
         assert (answer.model_version, answer.parameters["arm"]) == ("2", "champion")
         gateway.shadows.send()
         await asyncio.gather(*gateway.shadows.calls)
-        assert metrics.shadows == [("fraud", 1, True)]
+        assert metrics.shadows == [("fraud", 1, True, 3)]  # each of the 3 rows compared
+        assert gateway.stats.snapshot()["fraud"]["shadows"][0]["compared"] == 3
         shadow_endpoint = gateway.dataplane.endpoint("fraud", "1")
         shadow_endpoint.failure = RuntimeError("the shadow broke")
         again = await gateway.serve("fraud", None, _request(rows=2), None)
         gateway.shadows.send()
         await asyncio.gather(*gateway.shadows.calls)
         assert again.outputs["fraud_probability"].shape == (2,)
-        assert gateway.traffic.shadow_failures == 1 and metrics.shadows[-1] == ("fraud", 1, False)
+        assert gateway.traffic.shadow_failures == 1 and metrics.shadows[-1] == ("fraud", 1, False, 0)
         assert gateway.stats.snapshot()["fraud"]["shadows"]
 
     asyncio.run(run())

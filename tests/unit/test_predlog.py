@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.fs
 import pytest
 
-from serve_app.predlog import FEEDBACK, PREDICTIONS, ParquetLog, first_score, read_table, tensors_as_json, utc_now
+from serve_app.predlog import FEEDBACK, PREDICTIONS, ParquetLog, read_table, tensors_as_json, utc_now
 from serve_app.storage import read_json, write_json
 
 
@@ -43,8 +43,6 @@ def test_inputs_are_kept_as_sent():
         tensors_as_json({"a": np.array([1, 2]), "b": np.array([b"\xff"], dtype=object)})
         == '{"a":[1,2],"b":["\\\\xff"]}'
     )
-    assert first_score({"s": np.array([0.75, 0.1], np.float32)}) == 0.75
-    assert first_score({"s": np.array([b"x"], dtype=object)}) is None
 
 
 def test_a_large_request_is_logged_as_a_digest_a_small_one_whole(tmp_path):

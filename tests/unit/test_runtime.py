@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from serve_app.config import ModelConfig
-from serve_app.demo import _score, dense_onnx
+from serve_app.demo import dense_onnx, score_layers
 from serve_app.errors import InvalidInput, RepositoryError
 from serve_app.runtime import load_runner
 from serve_app.runtime.batching import BatchStats, predict_many
@@ -42,7 +42,7 @@ def test_onnx_runner_matches_the_arithmetic(onnx_file):
     x = RNG.normal(size=(10, 4)).astype(np.float32)
     out = runner.predict({"x": x})["score"]
     assert out.dtype == np.float32 and out.shape == (10,)
-    np.testing.assert_allclose(out, _score(LAYERS, x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out, score_layers(LAYERS, x), rtol=1e-5, atol=1e-6)
 
 
 def test_cpu_is_chosen_without_a_usable_gpu(onnx_file, monkeypatch):
@@ -58,7 +58,7 @@ def test_cpu_is_chosen_without_a_usable_gpu(onnx_file, monkeypatch):
 def test_rows_beyond_max_batch_size_run_in_chunks(onnx_file):
     runner = load_runner(config(max_batch_size=3, dynamic_batching={"max_batch_size": 2}), onnx_file)
     x = RNG.normal(size=(10, 4)).astype(np.float32)
-    np.testing.assert_allclose(runner.predict({"x": x})["score"], _score(LAYERS, x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(runner.predict({"x": x})["score"], score_layers(LAYERS, x), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -170,3 +170,23 @@ def test_rankers_are_compared_by_ndcg(tmp_path):
     assert entry["ndcg"]["shadow"] == pytest.approx(np.mean(expected["shadow"]), abs=1e-6)
     assert entry["ndcg"]["production"] == pytest.approx(np.mean(expected["production"]), abs=1e-6)
     assert entry["ndcg"]["delta"] > 0.1
+
+
+def test_agreement_is_row_by_row_at_the_models_threshold(tmp_path):
+    """Two 3-row requests: their first rows agree, two of their other four rows do not."""
+    log = ParquetLog(str(tmp_path), "test")
+    answers = {"a": ([0.1, 0.6, 0.7], [0.2, 0.4, 0.9]), "b": ([0.9, 0.2, 0.3], [0.8, 0.6, 0.1])}
+    for request_id, (production, shadow) in answers.items():
+        for version, role, scores in ((1, "champion", production), (2, "shadow", shadow)):
+            row = {"request_id": request_id, "time": utc_now(), "model": "m", "version": version, "role": role}
+            log.record(
+                PREDICTIONS,
+                {**row, "inputs": "{}", "outputs": "{}", "score": scores[0], "scores": np.array(scores)}
+                | {"latency_ms": 1.0, "status": "ok"},
+            )
+    log.flush()
+    predictions, feedback = load_logs(str(tmp_path), "m")
+    entry = compare(predictions, feedback)["shadow_versions"]["2"]
+    assert (entry["compared"], entry["compared_rows"], entry["agreement_rate"]) == (2, 6, pytest.approx(4 / 6))
+    lenient = compare(predictions, feedback, decision_threshold=0.05)["shadow_versions"]["2"]
+    assert lenient["agreement_rate"] == 1.0  # every score is a positive decision at 0.05

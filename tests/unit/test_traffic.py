@@ -43,11 +43,11 @@ def test_events_are_queued_bounded_and_requeued_in_order():
 def test_shadow_queue_groups_by_version_and_is_bounded():
     queue = ShadowQueue(max_pending=3)
     for version, score in ((2, 0.1), (2, 0.9), (3, None), (3, 0.5)):
-        queue.add("m", version, _request(), score)
+        queue.add("m", version, _request(), None if score is None else np.array([score]))
     assert queue.skipped == 1
     taken = queue.take()
     assert {key: len(requests) for key, requests in taken.items()} == {("m", 2): 2, ("m", 3): 1}
-    assert [score for _, score in taken["m", 2]] == [0.1, 0.9]  # production's answer, to compare with
+    assert [scores.tolist() for _, scores in taken["m", 2]] == [[0.1], [0.9]]  # production's, to compare with
     assert queue.take() == {}
 
 
