@@ -246,7 +246,7 @@ class Scorer:
         result = good[[*self.pass_through, SOURCE_COLUMN]].reset_index(drop=True)
         try:
             for index, (version, runner) in enumerate(zip(self.versions, self.runners)):
-                outputs = runner.predict(_model_inputs(version, good)) if len(good) else {}
+                outputs = runner.predict(version.frame_tensors(good)) if len(good) else {}
                 prefix = "" if index == 0 else "challenger_"
                 for spec in version.config.outputs:
                     values = outputs.get(spec.name, np.empty((0,), dtype=np.float32))
@@ -303,14 +303,6 @@ def _row_problems(version: ModelVersion, batch: pd.DataFrame) -> pd.Series:
     if version.preprocessor is not None:
         return version.preprocessor.row_problems(batch)
     return pd.Series([None] * len(batch), index=batch.index, dtype=object)
-
-
-def _model_inputs(version: ModelVersion, rows: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The model's tensors for these rows, exactly as the online Preprocessor deployment makes them."""
-    if version.preprocessor is not None:
-        features = version.preprocessor.spec.features
-        return version.preprocessor.transform({f.name: rows[f.name].to_numpy() for f in features})
-    return {spec.name: np.stack(rows[spec.name].to_numpy()) for spec in version.config.inputs}
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,21 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-Datatype = Literal[
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
-    "BYTES",
-]
+IntegerDatatype = Literal["UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"]
+Datatype = Literal["BOOL", IntegerDatatype, "FP16", "FP32", "FP64", "BYTES"]  # typing flattens the nested Literal
 
 DEFAULT_DECISION_THRESHOLD = 0.5
 """ModelConfig.decision_threshold where a model's config does not set it."""
@@ -42,6 +29,11 @@ class TensorSpec(Strict):
     """Protocol datatype (FP32, INT64, BYTES, ...)."""
     dims: list[int] = Field(min_length=1)
     """Full shape, batch dimension first; -1 marks a variable dimension."""
+
+    @property
+    def one_value_per_row(self) -> bool:
+        """A column of scalars: shape [rows] or [rows, 1]."""
+        return self.dims[1:] in ([], [1])
 
     @model_validator(mode="after")
     def _dims_are_valid(self) -> TensorSpec:

@@ -75,7 +75,7 @@ class Metrics(Protocol):
 def drift_columns(endpoints: list[Endpoint], model: str, features: list[str] | None) -> list[str]:
     """The request inputs the drift monitor needs: one value per row, named in features if given."""
     specs = next(e.input_specs for e in endpoints if e.name == model)
-    per_row = [s.name for s in specs if s.dims[1:] in ([], [1])]
+    per_row = [s.name for s in specs if s.one_value_per_row]
     return [name for name in per_row if features is None or name in features]
 
 

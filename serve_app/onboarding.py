@@ -186,9 +186,7 @@ def model_inputs(version: ModelVersion, frame: pd.DataFrame, source: str) -> dic
     missing = [n for n in names if n not in frame.columns]
     if missing:
         raise InvalidInput(f"{source} lacks the column(s) {missing} that {version.name} needs")
-    if preprocessor is not None:
-        return preprocessor.transform({n: frame[n].to_numpy() for n in names})
-    return {s.name: np.stack(frame[s.name].to_numpy()) for s in version.config.inputs}
+    return version.frame_tensors(frame)
 
 
 def export(
@@ -222,7 +220,7 @@ def export(
     missing = [f.name for f in prep.spec.features if f.name not in frame]
     if missing:
         raise InvalidInput(f"example file {example} lacks the column(s) {missing} the preprocessor needs")
-    features = prep.transform({f.name: frame[f.name].to_numpy() for f in prep.spec.features})[prep.spec.output_name]
+    features = prep.transform_frame(frame)
     output_name = latest.config.outputs[0].name if latest else "output"
     with torch.no_grad():
         expected = module(torch.from_numpy(features)).numpy()

@@ -16,13 +16,18 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import yaml
 from pydantic import ValidationError
 
 from serve_app.config import NAME_PATTERN, ModelConfig, TensorSpec, describe_validation_error
 from serve_app.errors import ModelNotFound, RepositoryError
 from serve_app.features import Preprocessor
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CONFIG_FILE = "config.yaml"
 PREPROCESSOR_FILE = "preprocessor.json"
@@ -83,6 +88,15 @@ class ModelVersion:
     def input_specs(self) -> list[TensorSpec]:
         """What the client sends: the preprocessor's raw columns, or the model's own tensors."""
         return self.preprocessor.input_specs if self.preprocessor else list(self.config.inputs)
+
+    def frame_tensors(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """The model's tensors for a frame's rows, as a request's columns become them: through the
+        version's preprocessor, else one stacked column per model input."""
+        if self.preprocessor is not None:
+            return self.preprocessor.transform(
+                {f.name: frame[f.name].to_numpy() for f in self.preprocessor.spec.features}
+            )
+        return {spec.name: np.stack(frame[spec.name].to_numpy()) for spec in self.config.inputs}
 
     def check(self) -> None:
         """Everything that can be checked without loading a runtime."""

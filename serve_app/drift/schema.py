@@ -119,7 +119,7 @@ def feature_schema(version: ModelVersion, settings: DriftSettings, reference: pd
         if absent:
             raise RepositoryError(f"{where}: the reference lacks the preprocessor's columns {absent}")
     else:
-        per_row = [s.name for s in version.input_specs if s.dims[1:] in ([], [1])]
+        per_row = [s.name for s in version.input_specs if s.one_value_per_row]
         names = settings.features or [c for c in reference.columns if c in per_row]
         schema = FeatureSchema.of_frame(reference, names)
     if not schema.features:
@@ -132,12 +132,7 @@ def reference_scores(version: ModelVersion, reference: pd.DataFrame) -> np.ndarr
     from serve_app.runtime import load_runner
 
     runner = load_runner(version.config, version.model_file, version.precision)
-    preprocessor = version.preprocessor
-    if preprocessor is not None:
-        inputs = preprocessor.transform({f.name: reference[f.name].to_numpy() for f in preprocessor.spec.features})
-    else:
-        inputs = {s.name: np.stack(reference[s.name].to_numpy()) for s in version.input_specs}
-    scores = row_scores(runner.run(inputs), len(reference))
+    scores = row_scores(runner.run(version.frame_tensors(reference)), len(reference))
     if scores is None:
         raise RepositoryError(f"drift of {version.name} v{version.version}: the model has no numeric output to score")
     return scores
