@@ -213,9 +213,13 @@ class AlertSettings(Strict):
     webhook_url: str | None = Field(None, pattern=r"^https?://")
     """POSTed the alert as a JSON body."""
     command: list[str] | None = Field(None, min_length=1)
-    """Run (no shell) with the alert as JSON on stdin and in $SERVE_APP_DRIFT_ALERT: e.g. a retraining job."""
+    """Run (no shell) with the alert as JSON on stdin: e.g. a retraining job. Its environment holds
+    PATH, HOME, the locale, TMPDIR and VIRTUAL_ENV as set, and the variables named in pass_env."""
+    pass_env: list[str] = []
+    """Variables of the monitor's environment the command also gets (e.g. a job's credentials)."""
     timeout_s: float = Field(10.0, gt=0.0)
-    """Longest a webhook call or a command may take; a late one is abandoned and counted."""
+    """Longest a webhook call (redirects are not followed) or a command may take, start to end; a late
+    one is abandoned and counted."""
 
 
 class DriftSettings(Strict):

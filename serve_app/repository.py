@@ -12,6 +12,7 @@ Anything broken is reported at start with the file and the field that is wrong.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -28,6 +29,8 @@ from serve_app.features import Preprocessor
 
 if TYPE_CHECKING:
     import pandas as pd
+
+logger = logging.getLogger("serve_app.repository")
 
 CONFIG_FILE = "config.yaml"
 PREPROCESSOR_FILE = "preprocessor.json"
@@ -185,8 +188,10 @@ class ModelRepository:
             try:
                 versions = self.available_versions(name)
                 self.config(name)
-            except RepositoryError as error:
-                entries.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": error.message})
+            except RepositoryError as error:  # the answer names files within the repository, the log where it is
+                logger.warning("model repository index: %s", error.message)
+                reason = error.message.replace(f"{self.root.resolve()}/", "").replace(f"{self.root}/", "")
+                entries.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": reason})
                 continue
             for version in versions:
                 ready = (name, version) in served

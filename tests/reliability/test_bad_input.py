@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from serve_app.demo import request_columns, synthetic_transactions
 from serve_app.protocol.generated import grpc_predict_v2_pb2 as pb
 from serve_app.protocol.rest import request_body
-from tests.conftest import MAX_REQUEST_BYTES
+from tests.conftest import ADMIN_TOKEN, MAX_REQUEST_BYTES
 from tests.helpers import binary_body
 from tests.strategies import DATATYPES, grpc_infer_requests, infer_documents, json_values
 
@@ -101,6 +101,19 @@ def test_a_chunked_body_past_the_limit_is_cut_off_with_413(client, reliability):
     row.measured["answer"] = f"{response.status_code}"
     assert response.status_code == 413 and "limit" in response.json()["error"]
     assert client.post(FRAUD, json=ROW).status_code == 200
+
+
+@pytest.mark.parametrize("action", ["promote", "rollback"])
+def test_a_management_reason_past_the_limit_is_refused_with_413(client, action, reliability):
+    row = reliability("Bad input", f"HTTP: a {action} reason past the body limit")
+    before = client.get("/v2/models/fraud/experiment").json()["history"]
+    body = b'{"reason": "' + b"x" * MAX_REQUEST_BYTES + b'"}'
+    response = client.post(
+        f"/v2/models/fraud/experiment/{action}", content=body, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    row.measured["answer"] = f"{response.status_code}"
+    assert response.status_code == 413 and "limit" in response.json()["error"]
+    assert client.get("/v2/models/fraud/experiment").json()["history"] == before  # nothing was decided
 
 
 # -- generated requests ------------------------------------------------------------------------

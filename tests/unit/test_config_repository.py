@@ -130,3 +130,5 @@ def test_the_index_says_which_versions_are_served_and_why_others_are_not(fraud_r
         "reason": "not loaded by this application",
     }
     assert by_key[("broken", "")]["state"] == "UNAVAILABLE" and "platform" in by_key[("broken", "")]["reason"]
+    assert by_key[("broken", "")]["reason"].startswith("broken/config.yaml")  # within the repository
+    assert str(fraud_repository) not in str(entries)  # paths stay in the log, not in answers

@@ -7,6 +7,7 @@ import json
 import shutil
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import ClassVar
@@ -315,3 +316,65 @@ def test_the_drift_notebook_runs_on_the_history(fraud_v1, tmp_path, monkeypatch)
     assert any("image/png" in o.get("data", {}) for o in outputs)
     text = "".join(o.get("text", "") for o in outputs)
     assert "amount" in text and "windows checked: 4" in text
+
+
+class _Slow(BaseHTTPRequestHandler):
+    """Sends its status line a byte at a time, each within the socket's timeout, for longer than the deadline."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["content-length"]))
+        for byte in b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n":
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
+            time.sleep(0.1)
+
+    def log_message(self, *args):
+        pass
+
+
+class _Redirect(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.send_response(307)
+        self.send_header("location", type(self).target)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def _serve(handler) -> HTTPServer:
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_the_webhook_follows_no_redirect_and_keeps_one_deadline(webhook):
+    url, received = webhook
+    _Redirect.target = url
+    redirecting, slow = _serve(_Redirect), _serve(_Slow)
+    try:
+        redirected = asyncio.run(
+            deliver_alert({"model": "fraud"}, AlertSettings(webhook_url=f"http://127.0.0.1:{redirecting.server_port}/"))
+        )
+        assert redirected["webhook"].startswith("failed: HTTPError") and "307" in redirected["webhook"]
+        assert received == []  # the redirect's target never got the alert
+        late = AlertSettings(webhook_url=f"http://127.0.0.1:{slow.server_port}/", timeout_s=1.0)
+        assert asyncio.run(deliver_alert({"model": "fraud"}, late))["webhook"] == "failed: no answer within 1.0 s"
+    finally:
+        redirecting.shutdown()
+        slow.shutdown()
+
+
+def test_the_alert_command_gets_the_alert_on_stdin_and_no_secret(tmp_path, monkeypatch):
+    monkeypatch.setenv("SERVE_APP_ADMIN_TOKEN", "secret-token")
+    monkeypatch.setenv("RETRAIN_QUEUE", "nightly")
+    seen = tmp_path / "seen.json"
+    dump = "{'stdin': sys.stdin.read(), 'env': dict(os.environ)}"
+    script = f"import json, os, sys; json.dump({dump}, open({str(seen)!r}, 'w'))"
+    settings = AlertSettings(command=[sys.executable, "-c", script], pass_env=["RETRAIN_QUEUE"])
+    alert = {"model": "fraud", "evidence": ["x" * 200_000]}
+    assert asyncio.run(deliver_alert(alert, settings)) == {"command": "exit 0"}
+    got = json.loads(seen.read_text())
+    assert json.loads(got["stdin"])["evidence"] == ["x" * 200_000]  # large alerts whole, on stdin
+    assert got["env"]["RETRAIN_QUEUE"] == "nightly" and "PATH" in got["env"]
+    assert "SERVE_APP_ADMIN_TOKEN" not in got["env"] and "SERVE_APP_DRIFT_ALERT" not in got["env"]
