@@ -14,6 +14,7 @@ import numpy as np
 
 from serve_app import extras
 from serve_app.config import DriftSettings
+from serve_app.drift.bundles import BUNDLE_FILE, load_alibi_detector, load_scipy_bundle
 from serve_app.drift.schema import FeatureSchema, feature_schema, load_reference, reference_scores
 from serve_app.drift.scipy_backend import WindowTests
 from serve_app.errors import RepositoryError, ServeAppError
@@ -21,12 +22,6 @@ from serve_app.repository import ModelVersion
 
 BUNDLE_FOLDER = "drift"
 """A detector bundle beside a model version (<version>/drift/) is used instead of building one."""
-BUNDLE_FILE = "bundle.json"
-UNSAFE_SUFFIXES = (".dill", ".pickle", ".pkl", ".pt", ".pth", ".joblib")
-"""alibi-detect's config loader unpickles files like these (dill, torch.load) when a config names them."""
-SAFE_DETECTORS = {"TabularDrift", "KSDrift", "CVMDriftOnline", "MMDDriftOnline"}
-SCIPY_ROLES = ("data", "prediction")
-"""A SciPy bundle is bundle.json and <role>.npy for each of these (the reference arrays), nothing else."""
 
 
 def feature_flags(p_values: np.ndarray, p_val: float, correction: str) -> np.ndarray:
@@ -65,55 +60,6 @@ def choose_backend(settings: DriftSettings) -> str:
         extras.require("alibi_detect", "drift backend 'alibi'")
         return "alibi"
     return "scipy"
-
-
-def _safe_load(folder: Path):
-    """alibi-detect's loader, never in unsafe mode; a bundle with pickled objects is refused
-    (its config-driven loader would otherwise unpickle a referenced .dill file)."""
-    import toml  # comes with alibi-detect
-    from alibi_detect.saving import load_detector
-
-    if not (folder / "config.toml").is_file():
-        raise RepositoryError(f"drift bundle {folder}: no config.toml (only alibi-detect's config format is loaded)")
-    unsafe = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix in UNSAFE_SUFFIXES]
-    if unsafe:
-        raise RepositoryError(f"drift bundle {folder}: refusing pickled objects {unsafe}")
-    config = toml.loads((folder / "config.toml").read_text())
-    if config.get("name") not in SAFE_DETECTORS or config.get("preprocess_fn", "None") != "None":
-        raise RepositoryError(
-            f"drift bundle {folder}: only {sorted(SAFE_DETECTORS)} without a preprocess_fn are loaded, "
-            f"not {config.get('name')!r}"
-        )
-    return load_detector(folder / "config.toml", enable_unsafe_loading=False)
-
-
-def _load_scipy_bundle(folder: Path, schema: FeatureSchema, mode: str) -> dict[str, WindowTests]:
-    """The SciPy backend's reference arrays: exactly bundle.json and <role>.npy per role, plain files.
-    Anything else there is refused rather than skipped: a bundle is written whole by Detectors.save."""
-    expected = {BUNDLE_FILE, *(f"{role}.npy" for role in SCIPY_ROLES)}
-    entries = {p.name: p for p in folder.iterdir()}
-    unexpected = sorted(n for n, p in entries.items() if n not in expected or p.is_symlink() or not p.is_file())
-    missing = sorted(expected - entries.keys())
-    if unexpected or missing:
-        raise RepositoryError(
-            f"drift bundle {folder}: a SciPy bundle is exactly {sorted(expected)} as plain files; "
-            f"refusing it (unexpected: {unexpected}, missing: {missing})"
-        )
-    if mode != "window":
-        raise RepositoryError(f"drift bundle {folder}: the SciPy backend has window mode only, not {mode!r}")
-    columns = {"data": len(schema.features), "prediction": 1}
-    detectors = {}
-    for role in SCIPY_ROLES:
-        try:
-            tests = WindowTests.load(folder / f"{role}.npy", schema.indices("categorical") if role == "data" else ())
-        except ValueError as error:  # pickled, not .npy, not floats
-            raise RepositoryError(f"drift bundle {folder}: refusing {role}.npy: {error}") from None
-        if tests.x_ref.shape[1] != columns[role]:
-            raise RepositoryError(
-                f"drift bundle {folder}: {role}.npy has {tests.x_ref.shape[1]} columns, not {columns[role]}"
-            )
-        detectors[role] = tests
-    return detectors
 
 
 @dataclass
@@ -212,10 +158,10 @@ class Detectors:
                     f"fit it again with `serve-app drift fit` under backend {backend!r}"
                 )
             if written_by == "scipy":
-                detectors = _load_scipy_bundle(folder, schema, bundle["mode"])
+                detectors = load_scipy_bundle(folder, schema, bundle["mode"])
             elif written_by == "alibi":
                 extras.require("alibi_detect", f"the drift bundle {folder} (alibi-detect's format)")
-                detectors = {role: _safe_load(folder / role) for role in bundle["roles"]}
+                detectors = {role: load_alibi_detector(folder / role) for role in bundle["roles"]}
             else:
                 raise RepositoryError(f"drift bundle {folder}: unknown backend {written_by!r}")
         except ServeAppError:  # RepositoryError, MissingExtra: already say what is wrong

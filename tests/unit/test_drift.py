@@ -235,6 +235,17 @@ def test_bundles_with_pickled_objects_are_refused(fraud_v1, tmp_path):
         Detectors.load(tmp_path)
 
 
+@pytest.mark.parametrize("x_ref", ["../outside.npy", "/etc/passwd.npy", "x_ref.dill", "sub/../../x_ref.npy"])
+def test_a_bundle_naming_a_file_outside_it_or_not_an_array_is_refused(fraud_v1, tmp_path, x_ref):
+    bundle = tmp_path / "bundle"
+    detectors_for(fraud_v1, DriftSettings(backend="alibi")).save(bundle)
+    (tmp_path / "outside.npy").write_bytes((bundle / "data" / "x_ref.npy").read_bytes())
+    config = bundle / "data" / "config.toml"
+    config.write_text(config.read_text().replace('x_ref = "x_ref.npy"', f'x_ref = "{x_ref}"'))
+    with pytest.raises(RepositoryError, match=r"names '.*', not a \.npy array inside the bundle"):
+        Detectors.load(bundle)
+
+
 def test_online_mode_detects_a_shift_and_stays_quiet_on_reference_traffic(fraud_v1):
     # Few simulations keep this test quick; an expected run time of 1,500 rows makes a false alarm
     # in the 200 quiet rows unlikely (about one in eight); the stream and the thresholds are seeded.
