@@ -20,6 +20,7 @@ from serve_app.errors import InvalidInput, ModelNotFound
 from serve_app.experiments.experiment import Experiment
 from serve_app.messages import RequestEvent
 from serve_app.predlog import FEEDBACK, ParquetLog, utc_now
+from serve_app.protocol.messages import MAX_ID_CHARS
 from serve_app.scores import positive
 from serve_app.storage import read_json, write_json
 
@@ -122,8 +123,8 @@ class ExperimentStore:
         waiting: if its request's event arrives later, the outcome still counts."""
         if model not in self.experiments:
             raise ModelNotFound(f"model '{model}' has no experiment to take feedback")
-        if not isinstance(request_id, str) or not request_id or len(request_id) > 256:
-            raise InvalidInput("'id' must be the request id: a non-empty string of at most 256 characters")
+        if not isinstance(request_id, str) or not request_id or len(request_id) > MAX_ID_CHARS:
+            raise InvalidInput(f"'id' must be the request id: a non-empty string of at most {MAX_ID_CHARS} characters")
         if (reward is None) == (label is None):
             raise InvalidInput("give exactly one of 'reward' (a number) or 'label'")
         if reward is not None and (isinstance(reward, bool) or not isinstance(reward, (int, float))):
@@ -132,6 +133,8 @@ class ExperimentStore:
             raise InvalidInput("'reward' must be finite")
         if label is not None and not isinstance(label, (bool, int, str)):
             raise InvalidInput("'label' must be a boolean, an integer or a string")
+        if label is not None and len(str(label)) > MAX_ID_CHARS:
+            raise InvalidInput(f"'label' must be at most {MAX_ID_CHARS} characters")
         entry = self.requests.get(request_id)
         known = entry is not None and entry[0] == model
         self.feedback_log.record(

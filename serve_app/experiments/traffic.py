@@ -18,7 +18,7 @@ from serve_app.errors import InvalidInput
 from serve_app.experiments.split import TrafficPolicy
 from serve_app.messages import RequestEvent
 from serve_app.predlog import PREDICTIONS, ParquetLog, utc_now
-from serve_app.protocol.messages import InferenceRequest
+from serve_app.protocol.messages import MAX_ID_CHARS, InferenceRequest
 from serve_app.scores import row_scores
 
 ROUTING_KEY_HEADER = "x-routing-key"
@@ -53,6 +53,8 @@ class TrafficController:
         """Give the request an id if it has none (feedback joins on it), then pick its version."""
         if not request.id:
             request.id = uuid.uuid4().hex
+        elif len(request.id) > MAX_ID_CHARS:
+            raise InvalidInput(f"'id' must be at most {MAX_ID_CHARS} characters, got {len(request.id)}")
         policy = self.policies.get(model)
         if version is not None or policy is None:
             return Route(version=version, arm=DIRECT)

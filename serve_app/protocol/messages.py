@@ -7,6 +7,10 @@ from typing import Any
 
 import numpy as np
 
+MAX_ID_CHARS = 256
+"""The longest request id (and feedback label): ids are held until feedback joins them (the router's
+log buffer, the experiment store's feedback window), so their size is bounded where they come in."""
+
 
 @dataclass
 class InferenceRequest:

@@ -57,6 +57,7 @@ CASES = {
         "empty",
     ),
     "no inputs": (b'{"inputs": []}', {}, 400, "inputs"),
+    "a request id of 100,000 characters": (json.dumps({**ROW, "id": "x" * 100_000}).encode(), {}, 400, "'id'"),
     "a shape of 10^12 rows with one value": (json.dumps(_with("amount", shape=[10**12])).encode(), {}, 400, "shape"),
     "a shape whose product overflows": (json.dumps(_with("amount", shape=[2**62, 2**62])).encode(), {}, 400, "shape"),
     "a negative shape": (json.dumps(_with("amount", shape=[-1])).encode(), {}, 400, "shape"),

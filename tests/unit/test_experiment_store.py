@@ -118,6 +118,7 @@ def test_unknown_ids_are_kept_and_reported(tmp_path):
         ("r1", None, None, "exactly one"),
         ("r1", 1.0, 1, "exactly one"),
         ("r1", None, [1], "'label'"),
+        ("r1", None, "y" * 257, "'label' must be at most 256 characters"),
     ],
 )
 def test_malformed_feedback_is_refused(tmp_path, request_id, reward, label, message):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from serve_app.config import TrafficSettings
+from serve_app.errors import InvalidInput
 from serve_app.experiments.traffic import DIRECT, TrafficController
 from serve_app.protocol.messages import InferenceRequest
 from serve_app.shadow.mirror import ShadowQueue, chunks_by_rows
@@ -24,6 +26,13 @@ def test_routes_give_ids_and_follow_the_policy():
     assert request.id and (route.version, route.arm, route.shadows) == ("2", "challenger", (3,))
     assert controller.route("m", "1", _request(), None).arm == DIRECT
     assert controller.route("other", None, _request(), None).arm == DIRECT
+
+
+def test_a_request_id_past_the_limit_is_refused_before_it_is_kept():
+    controller = TrafficController()
+    with pytest.raises(InvalidInput, match="'id' must be at most 256 characters, got 10000"):
+        controller.route("m", None, _request(request_id="x" * 10_000), None)
+    assert controller.route("m", None, _request(request_id="x" * 256), None).arm == DIRECT
 
 
 def test_events_are_queued_bounded_and_requeued_in_order():
