@@ -294,10 +294,10 @@ class DriftMonitor:
             )
         try:
             write_json(self.storage_uri, _state_file(), document)
-            if self.log is not None:
-                self.log.flush()
         except Exception as error:  # storage trouble must not stop the checks; the next save retries
             logger.warning("drift monitor: saving state failed, will retry: %s", error)
+        if self.log is not None:  # apart: the history is written even while the state cannot be
+            self.log.flush()  # ParquetLog keeps what it cannot write and retries; it never raises
 
     def _restore(self) -> None:
         if self.storage_uri is None:

@@ -389,3 +389,17 @@ def test_the_alert_command_gets_the_alert_on_stdin_and_no_secret(tmp_path, monke
     assert json.loads(got["stdin"])["evidence"] == ["x" * 200_000]  # large alerts whole, on stdin
     assert got["env"]["RETRAIN_QUEUE"] == "nightly" and "PATH" in got["env"]
     assert "SERVE_APP_ADMIN_TOKEN" not in got["env"] and "SERVE_APP_DRIFT_ALERT" not in got["env"]
+
+
+def test_the_history_is_written_while_the_state_cannot_be(fraud_v1, tmp_path, monkeypatch):
+    monitor = monitor_for(fraud_v1, storage=tmp_path)
+
+    def full_disk(*args, **kwargs):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr("serve_app.drift.monitor.write_json", full_disk)
+    monitor.observe([batch(fraud_v1, traffic(WINDOW, seed=9100))])
+    monitor.check()  # a window is checked (drifting or not): its rows must reach the history
+    monitor.save()
+    history = drift_history(str(tmp_path), "fraud")
+    assert len(history) > 0 and set(history["kind"]) == {"feature", "prediction"}
