@@ -124,9 +124,10 @@ def register(
     latest = repo.version(model, repo.available_versions(model)[-1]) if existing else None
     preprocessor_file = Path(preprocessor) if preprocessor else (latest.path / PREPROCESSOR_FILE if latest else None)
     reference_file = Path(reference) if reference else (latest.reference_file if latest else None)
-    new_model = not existing
-    if new_model:
-        (Path(repository) / model).mkdir(parents=True, exist_ok=True)
+    folder = Path(repository) / model
+    created_folder = not folder.exists()  # a failed registration removes what it wrote, nothing more
+    folder.mkdir(parents=True, exist_ok=True)
+    wrote_config = False
     try:
         with staged_version(repository, model) as staging:
             shutil.copyfile(onnx_file, staging / "model.onnx")
@@ -140,15 +141,16 @@ def register(
             config = (
                 repo.config(model) if existing else ModelConfig.model_validate(config_from_graph(model, proto.graph))
             )
-            if new_model:
-                (Path(repository) / model / CONFIG_FILE).write_text(
-                    yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-                )
+            if not existing:
+                (folder / CONFIG_FILE).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+                wrote_config = True
             checked = check_version(ModelVersion(config, 0, staging))
             version = commit_version(repository, model, staging)
     except BaseException:
-        if new_model:  # a model that never got a version leaves nothing behind either
-            shutil.rmtree(Path(repository) / model, ignore_errors=True)
+        if created_folder:
+            shutil.rmtree(folder, ignore_errors=True)
+        elif wrote_config:
+            (folder / CONFIG_FILE).unlink(missing_ok=True)
         raise
     return {"model": model, "version": version, **checked}
 
