@@ -312,18 +312,19 @@ class GraphArgs(Strict):
     None: no prediction log."""
     log_max_values: int = Field(4096, ge=0)
     """Values of a request's inputs (and, apart, of its outputs) that the prediction log keeps whole;
-    beyond it, each tensor is logged as a digest: shape, dtype, SHA-256 of its bytes, first values.
-    Writing every value of a large request as JSON text costs the router more than answering it."""
+    beyond it, each tensor is logged as a digest: shape, dtype, SHA-256 of its bytes, first values."""
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     """Largest inference request body (HTTP 413, gRPC RESOURCE_EXHAUSTED beyond it)."""
+    max_parsing_bytes: int = Field(128 * 1024 * 1024, ge=1024)
+    """Bytes of HTTP bodies one router replica parses at once (declared, or the limit if chunked or
+    compressed); past it a request gets 503 at once. One body alone always passes."""
     max_ongoing_requests_ingress: int = Field(1000, ge=1)
     """Concurrent requests one ingress or preprocessor replica takes. They are async and
     cheap per request; Serve's default of 5 makes callers back off and retry under load."""
     max_queued_requests: int = Field(200, ge=-1)
     """Requests a router replica may keep waiting for one version beyond what the version's replicas
     take (Serve's max_queued_requests; -1: no bound). Beyond it a request gets 503 at once, so an
-    overload sheds the excess instead of every request timing out. The router itself queues up to
-    max_ongoing_requests_ingress more at Serve's proxy."""
+    overload sheds the excess instead of every request timing out."""
     merge_before_hop: bool = True
     """Batching before the hop: the router merges requests for one version that arrive while its calls
     are in flight into one call (rows concatenated, up to the version's dynamic max_batch_size), so

@@ -20,7 +20,7 @@ from serve_app.config import GraphArgs, TrafficSettings
 from serve_app.drift import DriftFeed
 from serve_app.errors import Conflict, ModelNotFound, Unavailable, as_client_error
 from serve_app.experiments.traffic import TrafficController
-from serve_app.messages import DriftBatch, RequestEvent
+from serve_app.messages import DriftBatch, RequestEvent, Routing
 from serve_app.model_control import ModelControl
 from serve_app.predlog import ParquetLog
 from serve_app.protocol.dataplane import DataPlane, Endpoint
@@ -48,7 +48,7 @@ class ExperimentClient(Protocol):
     """The experiment store (one for the application): statistics, decisions, traffic."""
 
     def record(self, events: list[RequestEvent]) -> Awaitable[Any]: ...
-    def traffic(self) -> Awaitable[dict[str, dict]]: ...
+    def traffic(self) -> Awaitable[dict[str, Routing]]: ...
     def summary(self, model: str) -> Awaitable[dict]: ...
     def feedback(self, model: str, id: Any, reward: Any, label: Any) -> Awaitable[dict]: ...
     def promote(self, model: str, reason: str, who: str) -> Awaitable[dict]: ...
@@ -238,8 +238,8 @@ class Gateway:
         finally:  # also on cancellation at shutdown: undelivered events go back, delivered ones never twice
             if not delivered:
                 self.traffic.requeue(events)
-        for model, traffic in (await self.experiments.traffic()).items():  # even when recording failed
-            self.traffic.set_traffic(model, TrafficSettings.model_validate(traffic))
+        for model, routing in (await self.experiments.traffic()).items():  # even when recording failed
+            self.traffic.set_traffic(model, TrafficSettings.model_validate(routing.traffic), routing.salt)
         if failure is not None:
             raise failure
 

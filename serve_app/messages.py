@@ -23,6 +23,17 @@ class RequestEvent:
 
 
 @dataclass(frozen=True)
+class Routing:
+    """How every router splits a model's traffic: experiment store -> routers."""
+
+    traffic: dict[str, Any]
+    """The TrafficSettings now in force (they change on promotion and rollback)."""
+    salt: str
+    """The experiment's secret, kept server-side, salting the routing key's hash: a client that picks
+    its routing key still cannot pick its arm."""
+
+
+@dataclass(frozen=True)
 class DriftBatch:
     """The rows one router gathered for one (model, version): router -> drift monitor."""
 

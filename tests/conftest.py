@@ -28,6 +28,7 @@ LOCAL_CONFIG = Path(__file__).parents[1] / "configs" / "local.yaml"
 APP_NAME = "serve-app"
 ADMIN_TOKEN = "test-admin-token"
 MAX_REQUEST_BYTES = 2 * 1024 * 1024
+MAX_PARSING_BYTES = 3 * MAX_REQUEST_BYTES
 """Smaller than the default, so tests can cross it cheaply (and stay under gRPC's 4 MiB default)."""
 
 
@@ -109,6 +110,7 @@ def app_args(demo_repository, tmp_path_factory) -> dict:
         "repository": str(demo_repository),
         "storage_uri": str(tmp_path_factory.mktemp("storage")),
         "max_request_bytes": MAX_REQUEST_BYTES,
+        "max_parsing_bytes": MAX_PARSING_BYTES,
     }
 
 

@@ -9,6 +9,7 @@ from serve_app.config import ExperimentSettings, TrafficSettings
 from serve_app.deployments.logs import replica_logging
 from serve_app.deployments.metrics import ExperimentMetrics
 from serve_app.experiments.store import ExperimentStore
+from serve_app.messages import Routing
 
 logger = logging.getLogger("ray.serve")
 FLUSH_INTERVAL_S = 1.0
@@ -61,7 +62,7 @@ class ExperimentDeployment:
                 self.metrics.decision(model, entry["action"])
             self._decisions_counted[model] = len(experiment.history)
 
-    async def traffic(self) -> dict[str, dict]:
+    async def traffic(self) -> dict[str, Routing]:
         return self.store.traffic()
 
     async def record(self, events: list[dict]) -> list[dict]:

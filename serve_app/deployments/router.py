@@ -68,6 +68,7 @@ class Router:
         )
         self.grpc = InferenceService(self.gateway, client_error_of)
         self.limit = settings.max_request_bytes
+        self.parsing = http.ParsingBudget(settings.max_parsing_bytes)
         self.status_page = STATUS_PAGE.read_text()
         await self.gateway.start()
 
@@ -90,7 +91,7 @@ class Router:
 
     @app.get("/health", response_model=openapi.Health)
     async def health(self) -> dict:
-        return self.gateway.health()
+        return {**self.gateway.health(), "body_parsing": self.parsing.stats()}
 
     @app.get("/v2", response_model=openapi.ServerMetadata)
     async def server_metadata(self) -> dict:
@@ -128,7 +129,8 @@ class Router:
 
     async def _infer(self, model: str, version: str | None, request: Request) -> Response:
         self.gateway.dataplane.endpoint(model, version)  # an unknown model is a 404 before the body is read
-        inference = parse_infer_request(await http.read_body(request, self.limit), http.header_length(request))
+        with self.parsing.reserve(http.body_size(request, self.limit)):
+            inference = parse_infer_request(await http.read_body(request, self.limit), http.header_length(request))
         response = await self.gateway.serve(model, version, inference, request.headers.get(ROUTING_KEY_HEADER))
         content, header_length = render_infer_response(response, binary_outputs(inference, list(response.outputs)))
         headers = {"x-model-version": response.model_version, "x-serve-arm": response.parameters["arm"]}

@@ -40,7 +40,7 @@ class TrafficPolicy:
 
     def __init__(self, traffic: TrafficSettings, salt: str):
         self.traffic = traffic
-        self.salt = salt  # the model name, so two models split the same users independently
+        self.salt = salt  # the experiment's secret: clients cannot choose an arm by their routing key
         self._shadow_salt = f"{salt}:shadow"  # independent of the arm split
         self._shadows = tuple(traffic.shadows)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import time
 import uuid
 from collections import Counter, OrderedDict
@@ -18,7 +19,7 @@ from typing import Any
 from serve_app.config import DEFAULT_DECISION_THRESHOLD, ExperimentSettings, TrafficSettings
 from serve_app.errors import InvalidInput, ModelNotFound
 from serve_app.experiments.experiment import Experiment
-from serve_app.messages import RequestEvent
+from serve_app.messages import RequestEvent, Routing
 from serve_app.predlog import FEEDBACK, ParquetLog, utc_now
 from serve_app.protocol.messages import MAX_ID_CHARS
 from serve_app.scores import positive
@@ -57,6 +58,8 @@ class ExperimentStore:
         self.feedback_log = ParquetLog(storage_uri, f"experiments-{uuid.uuid4().hex[:12]}")
         self.bad_events = 0
         self._saved_at: dict[str, float] = {}
+        self.salts: dict[str, str] = {}
+        """Per model, its experiment's secret salt of the routing key's hash (persisted, never shown)."""
         self._unsaved: set[str] = set()
 
     # -- configuration -----------------------------------------------------------------
@@ -71,6 +74,7 @@ class ExperimentStore:
             if state is not None:
                 self.experiments[model] = Experiment.from_dict(state["experiment"], self.settings[model])
                 self.configured[model] = state["configured"]
+                self.salts[model] = state.get("salt") or secrets.token_hex(16)
         if self.configured.get(model) == wanted:
             return
         current = self.experiments.get(model)
@@ -82,12 +86,13 @@ class ExperimentStore:
             current.traffic = traffic  # new weights or shadows: the statistics go on
         else:
             self.experiments[model] = Experiment(model, traffic, self.settings[model], started_at=self.clock())
+            self.salts[model] = secrets.token_hex(16)  # a new experiment splits users anew
         self.configured[model] = wanted
         self.save(model)
 
-    def traffic(self) -> dict[str, dict]:
+    def traffic(self) -> dict[str, Routing]:
         """What every router should route by now (it changes on promotion and rollback)."""
-        return {model: experiment.traffic.model_dump() for model, experiment in self.experiments.items()}
+        return {model: Routing(e.traffic.model_dump(), self.salts[model]) for model, e in self.experiments.items()}
 
     # -- events and feedback -------------------------------------------------------------
 
@@ -223,7 +228,11 @@ class ExperimentStore:
         if throttle and now - self._saved_at.get(model, 0.0) < SAVE_INTERVAL_S:
             self._unsaved.add(model)
             return
-        document = {"configured": self.configured[model], "experiment": self.experiments[model].to_dict()}
+        document = {
+            "configured": self.configured[model],
+            "experiment": self.experiments[model].to_dict(),
+            "salt": self.salts[model],
+        }
         try:
             write_json(self.storage_uri, _state_path(model), document)
         except Exception as error:  # storage trouble must not fail a request: the next flush retries

@@ -44,10 +44,12 @@ class TrafficController:
         self.events_dropped = 0
         self.shadow_failures = 0
 
-    def set_traffic(self, model: str, traffic: TrafficSettings) -> None:
-        if self.traffic.get(model) != traffic:
+    def set_traffic(self, model: str, traffic: TrafficSettings, salt: str | None = None) -> None:
+        """salt: the experiment's secret (from the store); until the store has answered, the model name."""
+        salt = salt or self.policies.get(model, TrafficPolicy(traffic, model)).salt
+        if self.traffic.get(model) != traffic or self.policies[model].salt != salt:
             self.traffic[model] = traffic
-            self.policies[model] = TrafficPolicy(traffic, salt=model)
+            self.policies[model] = TrafficPolicy(traffic, salt=salt)
 
     def route(self, model: str, version: str | None, request: InferenceRequest, header_key: str | None) -> Route:
         """Give the request an id if it has none (feedback joins on it), then pick its version."""

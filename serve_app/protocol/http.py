@@ -7,14 +7,15 @@ import hmac
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from serve_app.errors import Forbidden, InvalidInput, PayloadTooLarge, ServeAppError, Unauthorized
+from serve_app.errors import Forbidden, InvalidInput, PayloadTooLarge, ServeAppError, Unauthorized, Unavailable
 from serve_app.protocol.rest import decode_content, parse_json_body
 
 logger = logging.getLogger("ray.serve")
@@ -62,6 +63,44 @@ def answer_errors(
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, unexpected)
+
+
+class ParsingBudget:
+    """The bytes of request bodies being read and parsed in this replica: a JSON body becomes several
+    times its size in Python objects, so a flood of large bodies is refused, not parsed at once."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.in_use = 0
+        self.peak = 0
+        self.refused = 0
+
+    @contextmanager
+    def reserve(self, size: int) -> Iterator[None]:
+        if self.in_use and self.in_use + size > self.max_bytes:
+            self.refused += 1
+            raise Unavailable(
+                f"{self.in_use} bytes of request bodies are being parsed here and this one declares {size}: "
+                f"past the limit of {self.max_bytes} bytes, retry later"
+            )
+        self.in_use += size
+        self.peak = max(self.peak, self.in_use)
+        try:
+            yield
+        finally:
+            self.in_use -= size
+
+    def stats(self) -> dict:
+        return {"max_bytes": self.max_bytes, "in_use": self.in_use, "peak": self.peak, "refused": self.refused}
+
+
+def body_size(request: Request, limit: int) -> int:
+    """What a body will take to parse, as far as its headers tell: its declared length, or the limit
+    when it is chunked (no length) or compressed."""
+    declared = request.headers.get("content-length")
+    if declared is None or not declared.isdigit() or request.headers.get("content-encoding", "identity") != "identity":
+        return limit
+    return min(int(declared), limit)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

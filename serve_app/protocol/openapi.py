@@ -87,6 +87,13 @@ class MergeHealth(_Schema):
     largest: int
 
 
+class ParsingHealth(_Schema):
+    max_bytes: int = Field(description="max_parsing_bytes: request bodies this replica parses at once.")
+    in_use: int
+    peak: int = Field(description="The most bytes of bodies parsed at once since the replica started.")
+    refused: int = Field(description="Requests answered 503 because the budget was in use.")
+
+
 class Health(_Schema):
     status: Literal["ok", "degraded"]
     storage: StorageHealth | None = Field(description="The prediction log; null without a storage URI.")
@@ -98,6 +105,7 @@ class Health(_Schema):
         description="Batching before the hop, per model version (<model>-v<version>): requests, calls made "
         "for them, requests sent again alone after a merged call failed, most requests in one call."
     )
+    body_parsing: ParsingHealth
 
 
 class ServerMetadata(_Schema):

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import select
+import socket
+import threading
+import urllib.parse
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -17,8 +22,8 @@ from hypothesis import strategies as st
 from serve_app.demo import request_columns, synthetic_transactions
 from serve_app.protocol.generated import grpc_predict_v2_pb2 as pb
 from serve_app.protocol.rest import request_body
-from tests.conftest import ADMIN_TOKEN, MAX_REQUEST_BYTES
-from tests.helpers import binary_body
+from tests.conftest import ADMIN_TOKEN, MAX_PARSING_BYTES, MAX_REQUEST_BYTES
+from tests.helpers import binary_body, wait_until
 from tests.strategies import DATATYPES, grpc_infer_requests, infer_documents, json_values
 
 FRAUD = "/v2/models/fraud/infer"
@@ -115,6 +120,54 @@ def test_a_management_reason_past_the_limit_is_refused_with_413(client, action, 
     row.measured["answer"] = f"{response.status_code}"
     assert response.status_code == 413 and "limit" in response.json()["error"]
     assert client.get("/v2/models/fraud/experiment").json()["history"] == before  # nothing was decided
+
+
+def _held_post(url: str, body: bytes, release: threading.Event) -> bytes:
+    """Headers and the first KiB at once, the rest once released (unless the answer came first); the
+    raw answer. Raw sockets: an answer sent before the body was read must not be lost to a write."""
+    parts = urllib.parse.urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=120) as sock:
+        head = (
+            f"POST {parts.path} HTTP/1.1\r\nHost: {parts.hostname}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        sock.sendall(head.encode() + body[:1024])
+        release.wait(120)
+        answered_early = select.select([sock], [], [], 10)[0]  # a refusal is on its way already
+        if not answered_early:
+            sock.sendall(body[1024:])
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_flood_of_large_bodies_is_parsed_within_the_budget_and_the_rest_refused(client, served, reliability):
+    row = reliability("Bad input", "HTTP: 6 bodies of 2 MiB at once, 6 MiB of parsing budget per router")
+    body = (json.dumps(ROW) + " " * (MAX_REQUEST_BYTES - 8192)).encode()  # valid JSON, just under the limit
+    capacity = MAX_PARSING_BYTES // len(body)
+    clients = 2 * capacity
+    refused_before = client.get("/health").json()["body_parsing"]["refused"]
+
+    def all_arrived() -> bool:
+        parsing = client.get("/health").json()["body_parsing"]
+        return parsing["in_use"] // len(body) + parsing["refused"] - refused_before == clients
+
+    release = threading.Event()
+    with ThreadPoolExecutor(clients) as pool:
+        answers = [pool.submit(_held_post, served + FRAUD, body, release) for _ in range(clients)]
+        arrived = wait_until(all_arrived, 60)  # every body is being read, or was refused
+        release.set()
+        answers = [answer.result() for answer in answers]
+    statuses = Counter(int(answer.split(b" ", 2)[1]) for answer in answers)
+    row.measured["answers"] = ", ".join(f"{n}× {status}" for status, n in sorted(statuses.items()))
+    parsing = client.get("/health").json()["body_parsing"]
+    row.measured["peak bytes parsed at once"] = f"{parsing['peak']:,} of {parsing['max_bytes']:,}"
+    assert arrived and statuses == {200: capacity, 503: clients - capacity}, answers
+    refusal = next(answer for answer in answers if answer.startswith(b"HTTP/1.1 503"))
+    assert b"being parsed" in refusal and b'{"error"' in refusal
+    assert parsing["peak"] <= MAX_PARSING_BYTES and parsing["in_use"] == 0
+    assert client.post(FRAUD, json=ROW).status_code == 200
 
 
 # -- generated requests ------------------------------------------------------------------------

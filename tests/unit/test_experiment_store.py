@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from serve_app.config import ExperimentSettings, TrafficSettings
@@ -30,7 +32,7 @@ def _store(tmp_path, clock=None, **settings) -> ExperimentStore:
 
 
 def _traffic_of(store: ExperimentStore) -> tuple[int, int | None]:
-    traffic = store.traffic()["fraud"]
+    traffic = store.traffic()["fraud"].traffic
     return traffic["champion"], traffic["challenger"]
 
 
@@ -74,7 +76,7 @@ def test_new_weights_keep_the_statistics(tmp_path):
     _play(store, 20, 0.5, 0.5)
     before = store.summary("fraud")["arms"]["challenger"]["requests"]
     store.configure("fraud", TRAFFIC.model_copy(update={"challenger_weight": 0.2}))
-    assert store.traffic()["fraud"]["challenger_weight"] == 0.2
+    assert store.traffic()["fraud"].traffic["challenger_weight"] == 0.2
     assert store.summary("fraud")["arms"]["challenger"]["requests"] == before > 0
 
 
@@ -177,8 +179,18 @@ def test_a_restart_with_new_weights_keeps_the_statistics(tmp_path):
     store.flush()
     restarted = ExperimentStore(str(tmp_path), {"fraud": ExperimentSettings(min_samples_per_arm=50)})
     restarted.configure("fraud", TRAFFIC.model_copy(update={"challenger_weight": 0.1}))
-    assert restarted.traffic()["fraud"]["challenger_weight"] == 0.1
+    assert restarted.traffic()["fraud"].traffic["challenger_weight"] == 0.1
     assert restarted.summary("fraud")["arms"]["challenger"]["requests"] == 20
+    assert restarted.traffic()["fraud"].salt == store.traffic()["fraud"].salt  # the same users, the same arms
+
+
+def test_each_experiment_salts_the_routing_key_with_a_secret_kept_server_side(tmp_path):
+    store = _store(tmp_path)
+    salt = store.traffic()["fraud"].salt
+    assert len(salt) == 32 and salt != "fraud" and salt != _store(tmp_path / "other").traffic()["fraud"].salt
+    assert salt not in json.dumps(store.summary("fraud"), default=str)  # never shown to clients
+    store.configure("fraud", TRAFFIC.model_copy(update={"challenger": 3}))  # a new pair: a new experiment
+    assert store.traffic()["fraud"].salt != salt
 
 
 def test_unwritable_storage_does_not_fail_feedback(tmp_path):

@@ -12,6 +12,7 @@ from serve_app.config import GraphArgs
 from serve_app.demo import request_columns, synthetic_transactions
 from serve_app.errors import InvalidInput, ModelNotFound, Unavailable
 from serve_app.gateway import Gateway
+from serve_app.messages import Routing
 from serve_app.predlog import read_table
 from serve_app.protocol.dataplane import LocalEndpoint
 from serve_app.protocol.generated import grpc_predict_v2_pb2 as pb
@@ -62,7 +63,7 @@ class Experiments:
         self.events.extend(events)
 
     async def traffic(self):
-        return self.decided
+        return {model: Routing(traffic, salt=f"secret-of-{model}") for model, traffic in self.decided.items()}
 
     async def summary(self, model):
         return {"model": model, "events": len(self.events)}
@@ -161,8 +162,10 @@ def test_events_the_store_refuses_wait_and_are_delivered_once(parts):
 def test_the_stores_traffic_decision_takes_over(parts):
     async def run():
         gateway, experiments, _, _ = _gateway(parts)
+        assert gateway.traffic.policies["fraud"].salt == "fraud"  # until the store has answered
         experiments.decided = {"fraud": {"champion": 2}}  # promoted
         await gateway.sync_with_experiments()
+        assert gateway.traffic.policies["fraud"].salt == "secret-of-fraud"
         answers = [await gateway.serve("fraud", None, _request(seed=i), None) for i in range(10)]
         assert {(a.model_version, a.parameters["arm"]) for a in answers} == {("2", "champion")}
 
