@@ -31,6 +31,7 @@ logger = logging.getLogger("serve_app.predlog")
 
 PREDICTIONS = "predictions"
 FEEDBACK = "feedback"
+EXPERIMENT_HISTORY = "experiment_history"
 DRIFT = "drift"
 
 PREDICTION_SCHEMA = pa.schema(
@@ -77,7 +78,24 @@ DRIFT_SCHEMA = pa.schema(
     ]
 )
 """One row per feature and one for the scores, for every window checked."""
-SCHEMAS = {PREDICTIONS: PREDICTION_SCHEMA, FEEDBACK: FEEDBACK_SCHEMA, DRIFT: DRIFT_SCHEMA}
+EXPERIMENT_HISTORY_SCHEMA = pa.schema(
+    [
+        ("time", pa.timestamp("us", tz="UTC")),
+        ("model", pa.string()),
+        ("experiment_started_at", pa.float64()),  # which experiment (a new pair or a restart of it starts one)
+        ("action", pa.string()),  # start, recommend, promote, stop, rollback, ...
+        ("who", pa.string()),
+        ("reason", pa.string()),
+        ("entry", pa.string()),  # the whole entry as JSON: the statistics at the decision
+    ]
+)
+"""Append-only: every experiment's decisions, kept when a new experiment replaces the state file."""
+SCHEMAS = {
+    PREDICTIONS: PREDICTION_SCHEMA,
+    FEEDBACK: FEEDBACK_SCHEMA,
+    DRIFT: DRIFT_SCHEMA,
+    EXPERIMENT_HISTORY: EXPERIMENT_HISTORY_SCHEMA,
+}
 
 
 DIGEST_HEAD_VALUES = 8

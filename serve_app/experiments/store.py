@@ -7,6 +7,8 @@ experiment under the storage URI so that a restart keeps champion, weights, coun
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import math
 import secrets
@@ -20,7 +22,7 @@ from serve_app.config import DEFAULT_DECISION_THRESHOLD, ExperimentSettings, Tra
 from serve_app.errors import InvalidInput, ModelNotFound
 from serve_app.experiments.experiment import Experiment
 from serve_app.messages import RequestEvent, Routing
-from serve_app.predlog import FEEDBACK, ParquetLog, utc_now
+from serve_app.predlog import EXPERIMENT_HISTORY, FEEDBACK, ParquetLog, read_table, utc_now
 from serve_app.protocol.messages import MAX_ID_CHARS
 from serve_app.scores import positive
 from serve_app.storage import read_json, write_json
@@ -58,6 +60,9 @@ class ExperimentStore:
         self.feedback_log = ParquetLog(storage_uri, f"experiments-{uuid.uuid4().hex[:12]}")
         self.bad_events = 0
         self._saved_at: dict[str, float] = {}
+        self.history_log: dict[str, list[dict]] = {}
+        """Per model, every history entry of every experiment, oldest first (the experiment_history table)."""
+        self._history_logged: dict[str, int] = {}
         self.salts: dict[str, str] = {}
         """Per model, its experiment's secret salt of the routing key's hash (persisted, never shown)."""
         self._unsaved: set[str] = set()
@@ -70,11 +75,14 @@ class ExperimentStore:
             raise InvalidInput(f"model '{model}' has no experiment settings")
         wanted = traffic.model_dump()
         if model not in self.experiments:  # first call since start: what was persisted comes back first
+            logged = read_table(self.storage_uri, EXPERIMENT_HISTORY, model).to_pylist()
+            self.history_log[model] = [_history_row(row) for row in sorted(logged, key=lambda r: r["time"])]
             state = read_json(self.storage_uri, _state_path(model))
             if state is not None:
                 self.experiments[model] = Experiment.from_dict(state["experiment"], self.settings[model])
                 self.configured[model] = state["configured"]
                 self.salts[model] = state.get("salt") or secrets.token_hex(16)
+                self._history_logged[model] = len(self.experiments[model].history)
         if self.configured.get(model) == wanted:
             return
         current = self.experiments.get(model)
@@ -87,6 +95,8 @@ class ExperimentStore:
         else:
             self.experiments[model] = Experiment(model, traffic, self.settings[model], started_at=self.clock())
             self.salts[model] = secrets.token_hex(16)  # a new experiment splits users anew
+            self._history_logged[model] = 0
+            self._log_history(model, {"time": self.clock(), "action": "start", "who": "config", "traffic": wanted})
         self.configured[model] = wanted
         self.save(model)
 
@@ -198,7 +208,9 @@ class ExperimentStore:
         return experiment
 
     def summary(self, model: str) -> dict:
+        """The experiment as it stands; `history_log`: every entry of every experiment of the model."""
         summary = self._experiment(model).summary()
+        summary["history_log"] = [dict(entry) for entry in self.history_log.get(model, [])]
         waiting = sum(1 for entry in self.waiting_feedback.values() if entry[0] == model)
         summary["unknown_feedback"] = waiting + self.unmatched_feedback[model]
         return summary
@@ -223,7 +235,12 @@ class ExperimentStore:
         return entry
 
     def save(self, model: str, throttle: bool = False) -> None:
-        """Persist a model's experiment; throttled saves wait for flush() at most SAVE_INTERVAL_S."""
+        """Persist a model's experiment; throttled saves wait for flush() at most SAVE_INTERVAL_S.
+        New history entries go to the append-only table at once (written with the next flush)."""
+        history = self.experiments[model].history
+        for entry in history[self._history_logged.get(model, 0) :]:
+            self._log_history(model, entry)
+        self._history_logged[model] = len(history)
         now = self.clock()
         if throttle and now - self._saved_at.get(model, 0.0) < SAVE_INTERVAL_S:
             self._unsaved.add(model)
@@ -247,3 +264,22 @@ class ExperimentStore:
         for model in list(self._unsaved):
             self.save(model)
         self.feedback_log.flush()
+
+    def _log_history(self, model: str, entry: dict) -> None:
+        experiment = self.experiments[model]
+        row = {
+            "time": datetime.datetime.fromtimestamp(entry["time"], datetime.timezone.utc),
+            "model": model,
+            "experiment_started_at": experiment.started_at,
+            "action": entry["action"],
+            "who": entry.get("who"),
+            "reason": entry.get("reason"),
+            "entry": json.dumps(entry, default=str),
+        }
+        self.feedback_log.record(EXPERIMENT_HISTORY, row)
+        self.history_log.setdefault(model, []).append(_history_row(row))
+
+
+def _history_row(row: dict) -> dict:
+    """A history table row as the API shows it: the entry, with its experiment and time."""
+    return {**json.loads(row["entry"]), "experiment_started_at": row["experiment_started_at"]}

@@ -176,6 +176,9 @@ def test_status_page_renders_every_chart_with_data_in_headless_chromium(ops_app)
         assert card, f"no {chart} card in the page"
         points = [int(n) for n in re.findall(r'data-points="(\d+)"', card.group(1))]
         assert points and min(points) > 0, f"the {chart} chart has no data: {card.group(1)[:300]}"
+    assert fraud["experiment"]["history_log"][0]["action"] == "start"
+    history = re.search(r'<div class="card" id="fraud-history">(.*?)</table>', dom, re.S)
+    assert history and "<td>start</td><td>config</td>" in history.group(1), "no experiment history on the page"
     assert screenshot.stat().st_size > 10_000
     print(f"status page screenshot: {screenshot}")
 

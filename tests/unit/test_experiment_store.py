@@ -71,6 +71,25 @@ def test_a_changed_configuration_starts_a_new_experiment(tmp_path):
     assert _traffic_of(store) == (2, 1) and store.summary("fraud")["status"] == "running"
 
 
+def test_the_history_of_every_experiment_is_kept_when_a_new_one_starts(tmp_path):
+    clock = Clock()
+    store = _store(tmp_path, clock=clock)
+    _play(store, 2_000, 0.2, 0.6)  # promoted
+    clock.now += 3_600
+    store.configure("fraud", TrafficSettings(champion=2, challenger=1, challenger_weight=0.1))  # a new experiment
+    store.rollback("fraud", "ops changed their mind", "ops")
+    summary = store.summary("fraud")
+    assert [entry["action"] for entry in summary["history"]] == ["rollback"]  # this experiment's
+    logged = summary["history_log"]
+    assert [entry["action"] for entry in logged] == ["start", "promote", "start", "rollback"]
+    assert [entry["experiment_started_at"] for entry in logged] == [1_000.0, 1_000.0, 4_600.0, 4_600.0]
+    assert logged[1]["who"] == "auto" and logged[1]["challenger"]["version"] == 2  # the evidence, as decided
+    store.flush()
+    restarted = ExperimentStore(str(tmp_path), {"fraud": ExperimentSettings(min_samples_per_arm=50)})
+    restarted.configure("fraud", TrafficSettings(champion=2, challenger=1, challenger_weight=0.1))
+    assert restarted.summary("fraud")["history_log"] == logged  # append-only, across restarts
+
+
 def test_new_weights_keep_the_statistics(tmp_path):
     store = _store(tmp_path)
     _play(store, 20, 0.5, 0.5)
