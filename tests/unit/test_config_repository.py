@@ -117,7 +117,8 @@ def test_missing_repository_is_reported(tmp_path):
         ModelRepository(tmp_path).check()
 
 
-def test_the_index_says_which_versions_are_served_and_why_others_are_not(fraud_repository):
+def test_the_index_says_which_versions_are_served_and_why_others_are_not(fraud_repository, reliability):
+    row = reliability("Security", "a broken model in the repository index (unit)")
     (fraud_repository / "broken").mkdir()
     (fraud_repository / "broken" / "config.yaml").write_text("name: broken\nplatform: tensorflow\n")
     entries = ModelRepository(fraud_repository).index({("fraud", 2)})
@@ -130,5 +131,6 @@ def test_the_index_says_which_versions_are_served_and_why_others_are_not(fraud_r
         "reason": "not loaded by this application",
     }
     assert by_key[("broken", "")]["state"] == "UNAVAILABLE" and "platform" in by_key[("broken", "")]["reason"]
+    row.measured["reason given"] = by_key[("broken", "")]["reason"][:80]
     assert by_key[("broken", "")]["reason"].startswith("broken/config.yaml")  # within the repository
     assert str(fraud_repository) not in str(entries)  # paths stay in the log, not in answers

@@ -236,14 +236,16 @@ def test_bundles_with_pickled_objects_are_refused(fraud_v1, tmp_path):
 
 
 @pytest.mark.parametrize("x_ref", ["../outside.npy", "/etc/passwd.npy", "x_ref.dill", "sub/../../x_ref.npy"])
-def test_a_bundle_naming_a_file_outside_it_or_not_an_array_is_refused(fraud_v1, tmp_path, x_ref):
+def test_a_bundle_naming_a_file_outside_it_or_not_an_array_is_refused(fraud_v1, tmp_path, x_ref, reliability):
+    row = reliability("Security", f"a drift bundle whose config.toml names x_ref = {x_ref} (unit)")
     bundle = tmp_path / "bundle"
     detectors_for(fraud_v1, DriftSettings(backend="alibi")).save(bundle)
     (tmp_path / "outside.npy").write_bytes((bundle / "data" / "x_ref.npy").read_bytes())
     config = bundle / "data" / "config.toml"
     config.write_text(config.read_text().replace('x_ref = "x_ref.npy"', f'x_ref = "{x_ref}"'))
-    with pytest.raises(RepositoryError, match=r"names '.*', not a \.npy array inside the bundle"):
+    with pytest.raises(RepositoryError, match=r"names '.*', not a \.npy array inside the bundle") as refused:
         Detectors.load(bundle)
+    row.measured["refused"] = str(refused.value).split(": ", 1)[1]
 
 
 def test_online_mode_detects_a_shift_and_stays_quiet_on_reference_traffic(fraud_v1):
@@ -359,7 +361,8 @@ def _serve(handler) -> HTTPServer:
     return server
 
 
-def test_the_webhook_follows_no_redirect_and_keeps_one_deadline(webhook):
+def test_the_webhook_follows_no_redirect_and_keeps_one_deadline(webhook, reliability):
+    row = reliability("Security", "a drift alert's webhook answering 307, and one trickling its answer past 1 s (unit)")
     url, received = webhook
     _Redirect.target = url
     redirecting, slow = _serve(_Redirect), _serve(_Slow)
@@ -370,13 +373,16 @@ def test_the_webhook_follows_no_redirect_and_keeps_one_deadline(webhook):
         assert redirected["webhook"].startswith("failed: HTTPError") and "307" in redirected["webhook"]
         assert received == []  # the redirect's target never got the alert
         late = AlertSettings(webhook_url=f"http://127.0.0.1:{slow.server_port}/", timeout_s=1.0)
-        assert asyncio.run(deliver_alert({"model": "fraud"}, late))["webhook"] == "failed: no answer within 1.0 s"
+        trickled = asyncio.run(deliver_alert({"model": "fraud"}, late))["webhook"]
+        row.measured["outcomes"] = f"{redirected['webhook']} / {trickled}"
+        assert trickled == "failed: no answer within 1.0 s"
     finally:
         redirecting.shutdown()
         slow.shutdown()
 
 
-def test_the_alert_command_gets_the_alert_on_stdin_and_no_secret(tmp_path, monkeypatch):
+def test_the_alert_command_gets_the_alert_on_stdin_and_no_secret(tmp_path, monkeypatch, reliability):
+    row = reliability("Security", "a drift alert's command, with the admin token in the monitor's environment (unit)")
     monkeypatch.setenv("SERVE_APP_ADMIN_TOKEN", "secret-token")
     monkeypatch.setenv("RETRAIN_QUEUE", "nightly")
     seen = tmp_path / "seen.json"
@@ -388,10 +394,12 @@ def test_the_alert_command_gets_the_alert_on_stdin_and_no_secret(tmp_path, monke
     got = json.loads(seen.read_text())
     assert json.loads(got["stdin"])["evidence"] == ["x" * 200_000]  # large alerts whole, on stdin
     assert got["env"]["RETRAIN_QUEUE"] == "nightly" and "PATH" in got["env"]
+    row.measured["its environment"] = ", ".join(sorted(got["env"]))
     assert "SERVE_APP_ADMIN_TOKEN" not in got["env"] and "SERVE_APP_DRIFT_ALERT" not in got["env"]
 
 
-def test_the_history_is_written_while_the_state_cannot_be(fraud_v1, tmp_path, monkeypatch):
+def test_the_history_is_written_while_the_state_cannot_be(fraud_v1, tmp_path, monkeypatch, reliability):
+    row = reliability("Faults", "the drift monitor's state file unwritable during a check (unit)")
     monitor = monitor_for(fraud_v1, storage=tmp_path)
 
     def full_disk(*args, **kwargs):
@@ -402,4 +410,5 @@ def test_the_history_is_written_while_the_state_cannot_be(fraud_v1, tmp_path, mo
     monitor.check()  # a window is checked (drifting or not): its rows must reach the history
     monitor.save()
     history = drift_history(str(tmp_path), "fraud")
+    row.measured["history rows written"] = str(len(history))
     assert len(history) > 0 and set(history["kind"]) == {"feature", "prediction"}

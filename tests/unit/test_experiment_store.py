@@ -71,7 +71,8 @@ def test_a_changed_configuration_starts_a_new_experiment(tmp_path):
     assert _traffic_of(store) == (2, 1) and store.summary("fraud")["status"] == "running"
 
 
-def test_the_history_of_every_experiment_is_kept_when_a_new_one_starts(tmp_path):
+def test_the_history_of_every_experiment_is_kept_when_a_new_one_starts(tmp_path, reliability):
+    row = reliability("Faults", "a new experiment replacing a promoted one, then a restart (unit)")
     clock = Clock()
     store = _store(tmp_path, clock=clock)
     _play(store, 2_000, 0.2, 0.6)  # promoted
@@ -88,6 +89,7 @@ def test_the_history_of_every_experiment_is_kept_when_a_new_one_starts(tmp_path)
     restarted = ExperimentStore(str(tmp_path), {"fraud": ExperimentSettings(min_samples_per_arm=50)})
     restarted.configure("fraud", TrafficSettings(champion=2, challenger=1, challenger_weight=0.1))
     assert restarted.summary("fraud")["history_log"] == logged  # append-only, across restarts
+    row.measured["history kept"] = ", ".join(entry["action"] for entry in logged)
 
 
 def test_new_weights_keep_the_statistics(tmp_path):
