@@ -25,6 +25,7 @@ from serve_app.model_control import ModelControl
 from serve_app.predlog import ParquetLog
 from serve_app.protocol.dataplane import DataPlane, Endpoint
 from serve_app.protocol.messages import InferenceRequest, InferenceResponse
+from serve_app.protocol.tensors import batch_size
 from serve_app.repository import ModelRepository
 from serve_app.runtime.merging import QueueFull
 from serve_app.scores import row_scores
@@ -197,7 +198,7 @@ class Gateway:
         except Exception:  # drift is best effort: never the client's problem
             logger.exception("drift: a request's rows could not be buffered")
         if route.shadows:
-            production = row_scores(response.outputs, len(next(iter(inference.inputs.values()))))
+            production = row_scores(response.outputs, batch_size(inference.inputs))
             for shadow in route.shadows:  # fire and forget: the answer never waits for a shadow
                 self.shadows.queue.add(model, shadow, inference, production)
         return response

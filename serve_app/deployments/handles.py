@@ -83,7 +83,7 @@ class HandleEndpoint(Endpoint):
                 logger.warning("%s v%s: a replica died mid-request, again: %r", self.name, self.version, error)
             except DeploymentUnavailableError as error:
                 raise client_error_of(error) from error
-        raise AssertionError("unreachable")
+        raise AssertionError("the last attempt returns or raises")
 
     async def _call(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.preprocessor is None:

@@ -46,7 +46,7 @@ class TrafficController:
 
     def set_traffic(self, model: str, traffic: TrafficSettings, salt: str | None = None) -> None:
         """salt: the experiment's secret (from the store); until the store has answered, the model name."""
-        salt = salt or self.policies.get(model, TrafficPolicy(traffic, model)).salt
+        salt = salt or (self.policies[model].salt if model in self.policies else model)
         if self.traffic.get(model) != traffic or self.policies[model].salt != salt:
             self.traffic[model] = traffic
             self.policies[model] = TrafficPolicy(traffic, salt=salt)

@@ -14,6 +14,7 @@ import numpy as np
 from serve_app.experiments.traffic import TrafficController
 from serve_app.protocol.dataplane import DataPlane
 from serve_app.protocol.messages import InferenceRequest
+from serve_app.protocol.tensors import batch_size
 from serve_app.runtime.batching import merge_rows, split_rows
 from serve_app.scores import disagreements, row_scores
 from serve_app.telemetry import RequestStats
@@ -113,7 +114,7 @@ class ShadowMirror:
             threshold = self.thresholds[model]
             for (request, production), answer in zip(chunk, outputs):
                 self.traffic.record(model, version, "shadow", request, answer, _ms(start), "ok")
-                shadow = row_scores(answer, len(next(iter(request.inputs.values()))))
+                shadow = row_scores(answer, batch_size(request.inputs))
                 self._count(model, version, True, *disagreements(production, shadow, threshold))
 
     def _count(self, model: str, version: int, ok: bool, compared: int = 0, disagreed: int = 0) -> None:
