@@ -69,6 +69,8 @@ STACKS = ("naive", "vanilla", "hop", "mlserver", "single", "full", "local")
 BATCHING_OPTIONS = {"batch": "max_batch_size", "wait": "batch_wait_timeout_s"}
 INGRESS_OPTION = "ingress"
 """single+ingress=N: the router's max_ongoing_requests (GraphArgs.max_ongoing_requests_ingress)."""
+ROUTERS_OPTION = "routers"
+"""full+routers=N: router replicas (GraphArgs.num_replicas_ingress); full+inrouter: models in the router."""
 SERVED = {"fraud": 2, "ffn": 1}
 
 
@@ -199,6 +201,7 @@ class Stack:
         stack, *options = layout.split("+")
         settings = dict(option.split("=", 1) for option in options if "=" in option)
         ingress = settings.pop(INGRESS_OPTION, None)
+        routers = settings.pop(ROUTERS_OPTION, None)
         if settings:
             repository = str(self._repository_with(settings))
         return [
@@ -215,6 +218,8 @@ class Stack:
             "--preprocessing",
             "replica" if "replica" in options else "in_model",
             *(["--no-merge"] if "nomerge" in options else []),
+            *(["--in-router"] if "inrouter" in options else []),
+            *(["--routers", routers] if routers else []),
             *(["--max-ongoing-ingress", ingress] if ingress else []),
         ], env
 

@@ -29,6 +29,7 @@ DRIFT_DEPLOYMENT = "drift-monitor"
 def build_app(args: dict) -> Application:
     settings = resolve_paths(GraphArgs.model_validate(args))
     served = ModelRepository(settings.repository).check(settings.models, settings.versions)  # fails at start
+    check_in_router(settings, served)
     pipelines = [version_pipeline(settings.repository, version, settings) for version in served]
     return router(settings).bind(
         settings.model_dump(),
@@ -84,9 +85,26 @@ def drift_monitor(settings: GraphArgs, served: list[ModelVersion], experiments: 
     )
 
 
+def check_in_router(settings: GraphArgs, served: list[ModelVersion]) -> None:
+    """in_router names served models, and none of their versions asks for a GPU (routers have none)."""
+    unknown = sorted(set(settings.in_router) - {v.name for v in served})
+    if unknown:
+        raise RepositoryError(f"in_router: models {unknown} are not among those served")
+    for version in served:
+        runtime, instances = version.config.runtime, version.config.instances
+        if version.name in settings.in_router and (instances.num_gpus > 0 or runtime.device == "cuda"):
+            raise RepositoryError(
+                f"model '{version.name}' v{version.version} asks for a GPU (instances.num_gpus, runtime.device): "
+                "it cannot run in the router (in_router); serve it on model replicas"
+            )
+
+
 def version_pipeline(repository: str, version: ModelVersion, settings: GraphArgs) -> Pipeline:
-    """The Preprocessor and Model deployments of one version, named '<model>-v<version>-...'."""
+    """The Preprocessor and Model deployments of one version, named '<model>-v<version>-...'; none
+    for a model in_router (the router runs it)."""
     config = version.config
+    if config.name in settings.in_router:
+        return Pipeline(config.name, version.version)
     prefix = f"{config.name}-v{version.version}"
     preprocessor = None
     in_model = version.preprocessor is not None and settings.preprocessing == "in_model"

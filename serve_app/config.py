@@ -150,10 +150,8 @@ class ModelConfig(Strict):
             if spec.dims[0] != -1:
                 raise ValueError(f"tensor '{spec.name}': dims[0] is the batch dimension and must be -1")
         if self.dynamic_batching.max_batch_size > self.max_batch_size:
-            raise ValueError(
-                f"dynamic_batching.max_batch_size ({self.dynamic_batching.max_batch_size}) "
-                f"exceeds max_batch_size ({self.max_batch_size})"
-            )
+            dynamic, largest = self.dynamic_batching.max_batch_size, self.max_batch_size
+            raise ValueError(f"dynamic_batching.max_batch_size ({dynamic}) exceeds max_batch_size ({largest})")
         return self
 
 
@@ -278,10 +276,8 @@ class DriftSettings(Strict):
     @model_validator(mode="after")
     def _windows_fit(self) -> DriftSettings:
         if self.window_size > self.max_buffered_rows:
-            raise ValueError(
-                f"window_size {self.window_size} exceeds max_buffered_rows {self.max_buffered_rows}: "
-                "no window would ever fill"
-            )
+            limit = f"max_buffered_rows {self.max_buffered_rows}"
+            raise ValueError(f"window_size {self.window_size} exceeds {limit}: no window would ever fill")
         if self.min_window_size > self.window_size:
             raise ValueError(f"min_window_size {self.min_window_size} exceeds window_size {self.window_size}")
         return self
@@ -330,6 +326,10 @@ class GraphArgs(Strict):
     are in flight into one call (rows concatenated, up to the version's dynamic max_batch_size), so
     that under load a batch, not each request, pays the hop to the model replica. Each request keeps
     its own answer, error, timeout and log row. Off: one call per request."""
+    in_router: list[str] = []
+    """Models whose versions run inside each router replica's process, with no deployments of their
+    own: no hop per call, for small CPU models (as MLServer and Triton run every model). Batching is
+    the router's merging, by config.yaml's dynamic_batching; they scale with num_replicas_ingress."""
     merge_calls_per_replica: int = Field(2, ge=1)
     """Merged calls in flight per model replica (of config.yaml's instances.num_replicas): one
     running, the next one gathering."""

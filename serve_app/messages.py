@@ -55,9 +55,10 @@ class DriftBatch:
 @dataclass(frozen=True)
 class Pipeline:
     """One served version as the graph builder wires it: graph -> router. In a graph the deployments
-    are bound applications; in the router they are handles to them."""
+    are bound applications; in the router they are handles to them. No runner: the version runs in
+    the router's own process (GraphArgs.in_router)."""
 
     model: str
     version: int
-    runner: Any
+    runner: Any | None = None
     preprocessor: Any | None = None

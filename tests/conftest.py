@@ -103,10 +103,14 @@ def ray_cluster() -> Cluster:
 
 @pytest.fixture(scope="session")
 def app_args(demo_repository, tmp_path_factory) -> dict:
-    """The args of configs/local.yaml, pointed at the test's demo repository and storage."""
+    """The args of configs/local.yaml, pointed at the test's demo repository and storage, with its
+    models on replicas of their own behind one router (production.yaml's layout, which most tests
+    reach into through the model deployments; tests/serve/test_in_router.py serves local.yaml's)."""
     application = yaml.safe_load(LOCAL_CONFIG.read_text())["applications"][0]
     return {
         **application["args"],
+        "in_router": [],
+        "num_replicas_ingress": 1,
         "repository": str(demo_repository),
         "storage_uri": str(tmp_path_factory.mktemp("storage")),
         "max_request_bytes": MAX_REQUEST_BYTES,

@@ -63,7 +63,14 @@ class Forwarder:
 
 
 def deploy(
-    stack: str, repository: Path, storage: Path, preprocessing: str, max_ongoing_ingress: int | None, merge: bool = True
+    stack: str,
+    repository: Path,
+    storage: Path,
+    preprocessing: str,
+    max_ongoing_ingress: int | None,
+    merge: bool = True,
+    in_router: bool = False,
+    routers: int = 1,
 ) -> None:
     if stack == "vanilla":
         for model, version in SERVED.items():
@@ -84,6 +91,9 @@ def deploy(
     if max_ongoing_ingress:
         args["max_ongoing_requests_ingress"] = max_ongoing_ingress
     args["merge_before_hop"] = merge
+    args["num_replicas_ingress"] = routers
+    if in_router:
+        args["in_router"] = list(SERVED)
     if stack == "single":
         from graphs.single_model import build_app
 
@@ -109,6 +119,8 @@ def main() -> None:
     parser.add_argument("--preprocessing", choices=["in_model", "replica"], default="in_model")
     parser.add_argument("--max-ongoing-ingress", type=int, help="the router's max_ongoing_requests")
     parser.add_argument("--no-merge", action="store_true", help="the router sends each request alone")
+    parser.add_argument("--in-router", action="store_true", help="the models run in the router's process")
+    parser.add_argument("--routers", type=int, default=1, help="router replicas")
     args = parser.parse_args()
     # serve-app as `make run` serves it, vanilla as above; flags already in the environment win.
     # HAProxy's stats and metrics ports: free ones, beside any other cluster on this machine.
@@ -118,7 +130,16 @@ def main() -> None:
     # Logical CPUs: every stack shares this machine's cores; the graphs only need room to schedule.
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-    deploy(args.stack, args.repository, args.storage, args.preprocessing, args.max_ongoing_ingress, not args.no_merge)
+    deploy(
+        args.stack,
+        args.repository,
+        args.storage,
+        args.preprocessing,
+        args.max_ongoing_ingress,
+        not args.no_merge,
+        args.in_router,
+        args.routers,
+    )
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     print("READY", flush=True)

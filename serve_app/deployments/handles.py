@@ -12,10 +12,13 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import GraphArgs
+from serve_app.deployments.metrics import ModelMetrics
 from serve_app.errors import ServeAppError, Unavailable, as_client_error
 from serve_app.messages import Pipeline
 from serve_app.protocol.dataplane import Endpoint
 from serve_app.repository import ModelRepository, ModelVersion
+from serve_app.runtime import load_runner
+from serve_app.runtime.in_process import InProcessEndpoint
 from serve_app.runtime.merging import QueueFull, RequestMerger
 
 logger = logging.getLogger("ray.serve")
@@ -106,13 +109,19 @@ class HandleEndpoint(Endpoint):
         return await self.model.batch_stats.remote()
 
 
-def pipeline_endpoints(settings: GraphArgs, pipelines: list[Pipeline]) -> list[HandleEndpoint]:
-    """One endpoint per served version, merging before the hop unless the graph turned it off."""
+def pipeline_endpoints(settings: GraphArgs, pipelines: list[Pipeline]) -> list[Endpoint]:
+    """One endpoint per served version, merging before the hop unless the graph turned it off; a
+    version without a runner deployment is loaded here, in the router's process."""
     repository = ModelRepository(settings.repository)
     queued = None if settings.max_queued_requests < 0 else settings.max_queued_requests
-    endpoints = []
+    endpoints: list[Endpoint] = []
     for pipeline in pipelines:
         version = repository.version(pipeline.model, pipeline.version)
+        if pipeline.runner is None:
+            runner = load_runner(version.config, version.model_file, version.precision, gpus_given=0)
+            metrics = ModelMetrics(version.name, version.version)
+            endpoints.append(InProcessEndpoint(version, runner, settings.merge_before_hop, queued, metrics))
+            continue
         merge_calls = None
         if settings.merge_before_hop:
             merge_calls = settings.merge_calls_per_replica * version.config.instances.num_replicas

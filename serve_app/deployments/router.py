@@ -79,6 +79,28 @@ class Router:
         """When this replica started (a handle call: a redeploy waits for a router newer than itself)."""
         return self.gateway.started_at
 
+    # -- REST: inference (first: routes are matched in order, and this is the hot one) ---------
+
+    @app.post("/v2/models/{model}/infer", **openapi.INFER_ROUTE)
+    async def infer(self, model: str, request: Request) -> Response:
+        return await self._infer(model, None, request)
+
+    @app.post("/v2/models/{model}/versions/{version}/infer", **openapi.INFER_ROUTE)
+    async def version_infer(self, model: str, version: str, request: Request) -> Response:
+        return await self._infer(model, version, request)
+
+    async def _infer(self, model: str, version: str | None, request: Request) -> Response:
+        self.gateway.dataplane.endpoint(model, version)  # an unknown model is a 404 before the body is read
+        with self.parsing.reserve(http.body_size(request, self.limit)):
+            inference = parse_infer_request(await http.read_body(request, self.limit), http.header_length(request))
+        response = await self.gateway.serve(model, version, inference, request.headers.get(ROUTING_KEY_HEADER))
+        content, header_length = render_infer_response(response, binary_outputs(inference, list(response.outputs)))
+        headers = {"x-model-version": response.model_version, "x-serve-arm": response.parameters["arm"]}
+        if header_length is None:
+            return Response(content, media_type="application/json", headers=headers)
+        headers[http.HEADER_LENGTH] = str(header_length)
+        return Response(content, media_type="application/octet-stream", headers=headers)
+
     # -- REST: health and metadata -----------------------------------------------------------
 
     @app.get("/v2/health/live", response_model=openapi.Live)
@@ -116,28 +138,6 @@ class Router:
     @app.get("/v2/models/{model}/versions/{version}/ready", response_model=openapi.Ready, responses=openapi.ERRORS)
     async def version_ready(self, model: str, version: str) -> JSONResponse:
         return http.ready_response(await self.gateway.dataplane.model_ready(model, version))
-
-    # -- REST: inference ---------------------------------------------------------------------
-
-    @app.post("/v2/models/{model}/infer", **openapi.INFER_ROUTE)
-    async def infer(self, model: str, request: Request) -> Response:
-        return await self._infer(model, None, request)
-
-    @app.post("/v2/models/{model}/versions/{version}/infer", **openapi.INFER_ROUTE)
-    async def version_infer(self, model: str, version: str, request: Request) -> Response:
-        return await self._infer(model, version, request)
-
-    async def _infer(self, model: str, version: str | None, request: Request) -> Response:
-        self.gateway.dataplane.endpoint(model, version)  # an unknown model is a 404 before the body is read
-        with self.parsing.reserve(http.body_size(request, self.limit)):
-            inference = parse_infer_request(await http.read_body(request, self.limit), http.header_length(request))
-        response = await self.gateway.serve(model, version, inference, request.headers.get(ROUTING_KEY_HEADER))
-        content, header_length = render_infer_response(response, binary_outputs(inference, list(response.outputs)))
-        headers = {"x-model-version": response.model_version, "x-serve-arm": response.parameters["arm"]}
-        if header_length is None:
-            return Response(content, media_type="application/json", headers=headers)
-        headers[http.HEADER_LENGTH] = str(header_length)
-        return Response(content, media_type="application/octet-stream", headers=headers)
 
     # -- REST: the status page, drift, the repository ------------------------------------------
 

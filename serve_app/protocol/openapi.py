@@ -85,6 +85,7 @@ class MergeHealth(_Schema):
     calls: int
     retried_singly: int
     largest: int
+    requests_per_call: dict[str, int] = Field(description="Calls by the number of requests merged into each.")
 
 
 class ParsingHealth(_Schema):

@@ -17,7 +17,7 @@ their model. Ray-free: the call it makes is any coroutine function (a Serve hand
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -51,9 +51,12 @@ class MergeStats:
     """Requests sent again alone after the merged call they were in failed."""
     largest: int = 0
     """Most requests in one call."""
+    requests_per_call: Counter = field(default_factory=Counter)
+    """How many calls carried each number of requests (singly retried ones apart)."""
 
     def as_dict(self) -> dict:
-        return dict(vars(self))
+        counts = {str(k): v for k, v in sorted(self.requests_per_call.items())}
+        return {**vars(self), "requests_per_call": counts}
 
 
 def signature(inputs: Tensors) -> tuple:
@@ -101,6 +104,7 @@ class RequestMerger:
         self.stats.requests += requests
         self.stats.calls += 1
         self.stats.largest = max(self.stats.largest, requests)
+        self.stats.requests_per_call[requests] += 1
         self._in_flight -= 1
         self._dispatch()
 

@@ -1,0 +1,96 @@
+"""A model version run inside the router's own process: no hop between the router and the model.
+
+For small CPU models the hop, not the model, is what a request costs (a Serve handle call is
+milliseconds of CPU; a fraud row scores in microseconds), so MLServer and Triton run such models in
+the server's process. Requests that arrive while a model call runs are merged into the next call
+(the RequestMerger with one call in flight: Triton's dynamic batcher), raw inputs and all, so the
+preprocessor runs once per call too; a merged call that fails (one request's bad value) is retried
+one request at a time, so the bad request fails alone. The call runs in a thread: ONNX Runtime and
+PyTorch release the GIL while they compute, so the router keeps parsing the next requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Protocol
+
+import numpy as np
+
+from serve_app.protocol.dataplane import Endpoint
+from serve_app.protocol.tensors import batch_size, check_inputs
+from serve_app.repository import ModelVersion
+from serve_app.runtime.base import Runner
+from serve_app.runtime.merging import QueueFull, RequestMerger
+
+
+class BatchMetrics(Protocol):
+    def batch(self, rows: int, compute_ms: float, queue_ms: list[float]) -> None: ...
+
+
+class InProcessEndpoint(Endpoint):
+    """merge: batch the requests that arrive while a call runs (off: each request runs alone, in
+    its own thread). max_queued: requests waiting for a call beyond which one is shed (QueueFull)."""
+
+    def __init__(
+        self,
+        model: ModelVersion,
+        runner: Runner,
+        merge: bool = True,
+        max_queued: int | None = None,
+        metrics: BatchMetrics | None = None,
+    ):
+        super().__init__(model)
+        self.config = model.config
+        self.preprocessor = model.preprocessor
+        self.runner = runner
+        self.metrics = metrics
+        self.rows = 0
+        self.calls = 0
+        if merge:
+            max_rows = model.config.dynamic_batching.max_batch_size
+            shed = lambda error: isinstance(error, QueueFull)  # noqa: E731
+            self.merger = RequestMerger(self._run, max_rows, 1, max_queued, is_shed=shed)
+
+    async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.merger is None:
+            return await self._run(inputs)
+        return await self.merger.infer(inputs)
+
+    async def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        outputs = await asyncio.to_thread(self._score, inputs)
+        rows = batch_size(inputs)
+        self.rows += rows
+        self.calls += 1
+        if self.metrics is not None:
+            self.metrics.batch(rows, 1000 * (time.perf_counter() - start), [])
+        return outputs
+
+    def _score(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tensors = self.preprocessor.transform(inputs) if self.preprocessor is not None else inputs
+        check_inputs(tensors, self.config.inputs, self.config.max_batch_size)
+        return self.runner.run(tensors)
+
+    async def describe(self) -> dict | None:
+        return {**self.runner.describe(), "pid": os.getpid(), "gpu_ids": [], "placed_on": self.runner.placed_on}
+
+    async def batch_stats(self) -> dict | None:
+        """The same keys as a model replica's (runtime.batching.BatchStats), from the merger's counts."""
+        batching = self.config.dynamic_batching.model_dump()
+        if self.merger is None:  # a call per request
+            counts = {"request_count": self.calls, "max_requests_per_batch": min(self.calls, 1)}
+            per_call = {"1": self.calls} if self.calls else {}
+        else:
+            merged = self.merger.stats
+            counts = {"request_count": merged.requests, "max_requests_per_batch": merged.largest}
+            per_call = {str(k): v for k, v in sorted(merged.requests_per_call.items())}
+            batching["max_batch_size"] = self.merger.max_rows
+        return {
+            "inference_count": self.rows,
+            "execution_count": self.calls,
+            **counts,
+            "requests_per_batch": per_call,
+            **batching,
+        }
