@@ -24,6 +24,7 @@ from ray.serve import Application
 from graphs.single_model import check_in_router, drift_monitor, resolve_paths, router, version_pipeline
 from serve_app.config import ExperimentGraphArgs, GraphArgs
 from serve_app.deployments.experiment import EXPERIMENTS_DEPLOYMENT, ExperimentDeployment
+from serve_app.deployments.redeploy import config_version
 from serve_app.errors import RepositoryError
 from serve_app.repository import ModelRepository
 
@@ -65,4 +66,5 @@ def build_app(args: dict) -> Application:
         traffic,
         drift_monitor(settings, served, experiments),
         settings.model_dump(mode="json"),
+        config_version(args),
     )

@@ -16,7 +16,7 @@ from serve_app.config import GraphArgs
 from serve_app.deployments.drift_monitor import DriftMonitorDeployment
 from serve_app.deployments.model import ModelDeployment
 from serve_app.deployments.preprocessor import PreprocessorDeployment
-from serve_app.deployments.redeploy import LOAD_WAIT_S
+from serve_app.deployments.redeploy import LOAD_WAIT_S, config_version
 from serve_app.deployments.router import Router
 from serve_app.drift import feature_schema, load_reference
 from serve_app.errors import RepositoryError
@@ -36,6 +36,7 @@ def build_app(args: dict) -> Application:
         pipelines,
         drift=drift_monitor(settings, served),
         app_args=settings.model_dump(mode="json"),
+        config_version=config_version(args),
     )
 
 

@@ -92,6 +92,28 @@ class Traffic:
         print(f"traffic: {dict(self.answers)} answered, {len(self.failures)} failed, slowest {self.slowest_s:.2f} s")
 
 
+def graph_application(name: str, args: dict, **fields) -> dict:
+    """A Serve config's application: the champion/challenger graph with these args, at /<name>."""
+    graph = "graphs.champion_challenger:build_app"
+    return {"name": name, "route_prefix": f"/{name}", "import_path": graph, "args": args, **fields}
+
+
+STALE_ROUTER = "config changed since this router was built"
+
+
+def send_change(http: httpx.Client, method: str, path: str, **kwargs) -> httpx.Response:
+    """A management call, sent again while it reaches a router of the graph before the last change
+    (409: the config moved since that router was built) until a router of the current graph takes it."""
+
+    def attempt() -> list[httpx.Response] | None:
+        response = http.request(method, path, **kwargs)
+        return None if response.status_code == 409 and STALE_ROUTER in response.text else [response]
+
+    taken = wait_until(attempt, 90)
+    assert taken, f"no router of the current graph took {method} {path}"
+    return taken[0]
+
+
 def wait_until(condition: Callable, timeout_s: float, interval_s: float = 0.5):
     """Poll until condition() is truthy; its last value (falsy when time ran out)."""
     deadline = time.monotonic() + timeout_s

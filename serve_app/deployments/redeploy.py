@@ -5,15 +5,28 @@ Serve fixes an application's deployments when it is deployed, so adding or remov
 a new deployment of the application's config: the router submits the same ServeDeploySchema the
 dashboard's PUT submits (every declared application, this one changed), then waits, bounded, for a
 router of the new graph and for every deployment to be healthy.
+
+No lost updates: a router computes a change from the args its graph was built from, so two changes
+at once (through one router or several) could each undo the other. Changes are compare-and-set: the
+graph builder stamps each router with the version of the config it was built from (`config_version`,
+a digest of the args), and a change is applied only if the application's deployed config still has
+that version, under the application's control lock (a named actor) held from the check to the
+submission. Otherwise it is refused with 409 naming the current version: nothing changed, and the
+call succeeds again once the new graph's routers answer it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib
+import json
 import logging
 import time
+import uuid
+from contextlib import asynccontextmanager
 
+import ray
 from ray import serve
 
 from serve_app import ray_compat
@@ -25,35 +38,90 @@ LOAD_WAIT_S = 20.0
 """Longest a load waits for the new graph before it answers 202 (still loading): under the proxy's
 request_timeout_s (30 s in configs/)."""
 ASK_TIMEOUT_S = 5.0
+LOCK_WAIT_S = 10.0
+"""Longest a change waits for another one to this application to be submitted; then 409."""
+CONTROL_NAMESPACE = "serve-app"
+"""Where the control locks live: a name every router of the cluster finds."""
+LOCK_LEASE_S = 60.0
+"""A holder that died keeps the control lock no longer than this."""
 
 
-async def redeploy(args: dict, action: str, experiments: dict[str, dict]) -> dict:
+def config_version(args: dict) -> str:
+    """The version of an application's args: a digest of their canonical JSON."""
+    return hashlib.sha256(json.dumps(args, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+@ray.remote(num_cpus=0)
+class ControlLock:
+    """One application's management lock, as a lease: a holder that died cannot keep it."""
+
+    def __init__(self) -> None:
+        self.holder: str | None = None
+        self.expires = 0.0
+
+    def acquire(self, token: str, lease_s: float) -> bool:
+        now = time.monotonic()
+        if self.holder is None or now > self.expires:
+            self.holder, self.expires = token, now + lease_s
+        return self.holder == token
+
+    def release(self, token: str) -> None:
+        if self.holder == token:
+            self.holder = None
+
+
+@asynccontextmanager
+async def control_lock(app_name: str, action: str):
+    name = f"serve-app-control:{app_name}"
+    lock = ControlLock.options(name=name, namespace=CONTROL_NAMESPACE, lifetime="detached", get_if_exists=True).remote()
+    token, deadline = uuid.uuid4().hex, time.monotonic() + LOCK_WAIT_S
+    while not await lock.acquire.remote(token, LOCK_LEASE_S):
+        if time.monotonic() > deadline:
+            raise Conflict(
+                f"{action}: another change to application '{app_name}' is in progress; nothing changed, retry"
+            )
+        await asyncio.sleep(0.2)
+    try:
+        yield
+    finally:
+        await lock.release.remote(token)
+
+
+async def redeploy(args: dict, action: str, experiments: dict[str, dict], based_on: str | None) -> dict:
     """Called by a router replica: deploy its application again with `args` (and the experiment
-    store's configured traffic of `experiments`); what changed and whether it is all up. This
+    store's configured traffic of `experiments`), if its deployed config is still at version
+    `based_on` (what the router was built from); what changed and whether it is all up. This
     replica stops taking requests meanwhile and finishes this one before it stops."""
     context = serve.get_replica_context()
     app_name = context.app_name
-    declared, target_capacity = await asyncio.to_thread(_declared_applications)
-    if app_name not in declared:
-        raise Conflict(
-            f"application '{app_name}' was deployed with serve.run, not from a config: load and unload "
-            "deploy its config again as serve deploy does (use serve deploy or serve run <config.yaml>)"
-        )
-    module, _, name = declared[app_name]["import_path"].partition(":")
-    builder = getattr(importlib.import_module(module), name)
-    try:  # built here first, so a broken version or config changes nothing
-        names = _deployment_names(await asyncio.to_thread(builder, args))
-    except (ServeAppError, ValueError) as error:
-        raise Conflict(f"{action}: the new graph cannot be built, nothing changed: {error}") from None
-    # The config's overrides stay, except for deployments the new graph no longer has (Serve
-    # refuses a config that names a deployment its application lacks).
-    overrides = declared[app_name].get("deployments", [])
-    kept = [_with_traffic(o, experiments) for o in overrides if o["name"] in names]
-    dropped = sorted(o["name"] for o in overrides if o["name"] not in names)
-    declared[app_name] = {**declared[app_name], "args": args, "deployments": kept}
-    before = await asyncio.to_thread(_deployment_states, app_name)
-    submitted = time.time()
-    await asyncio.to_thread(_apply_applications, declared, target_capacity)
+    async with control_lock(app_name, action):
+        declared, target_capacity = await asyncio.to_thread(_declared_applications)
+        if app_name not in declared:
+            raise Conflict(
+                f"application '{app_name}' was deployed with serve.run, not from a config: load and unload "
+                "deploy its config again as serve deploy does (use serve deploy or serve run <config.yaml>)"
+            )
+        current = config_version(declared[app_name].get("args", {}))
+        if current != based_on:
+            raise Conflict(
+                f"{action}: the application's config changed since this router was built (config version "
+                f"{current}, this router's {based_on}); nothing changed, retry once the new graph serves"
+            )
+        module, _, name = declared[app_name]["import_path"].partition(":")
+        builder = getattr(importlib.import_module(module), name)
+        try:  # built here first, so a broken version or config changes nothing
+            names = _deployment_names(await asyncio.to_thread(builder, args))
+        except (ServeAppError, ValueError) as error:
+            raise Conflict(f"{action}: the new graph cannot be built, nothing changed: {error}") from None
+        # The config's overrides stay, except for deployments the new graph no longer has (Serve
+        # refuses a config that names a deployment its application lacks).
+        overrides = declared[app_name].get("deployments", [])
+        kept = [_with_traffic(o, experiments) for o in overrides if o["name"] in names]
+        dropped = sorted(o["name"] for o in overrides if o["name"] not in names)
+        declared[app_name] = {**declared[app_name], "args": args, "deployments": kept}
+        before = await asyncio.to_thread(_deployment_states, app_name)
+        submitted = time.time()
+        await asyncio.to_thread(_apply_applications, declared, target_capacity)
     router = serve.get_deployment_handle(context.deployment, app_name)
     deadline = time.monotonic() + LOAD_WAIT_S
     while True:
@@ -73,6 +141,7 @@ async def redeploy(args: dict, action: str, experiments: dict[str, dict]) -> dic
     return {
         "action": action,
         "application": app_name,
+        "config_version": config_version(args),
         "state": "READY" if done else "LOADING",
         "added": sorted(set(states) - set(before)),
         "removed": sorted(set(before) - set(states)),

@@ -48,12 +48,14 @@ class Router:
         initial_traffic: dict[str, dict] | None = None,
         drift: DeploymentHandle | None = None,
         app_args: dict | None = None,
+        config_version: str | None = None,
     ):
         """pipelines: one per served version;
         experiments: the experiment store, for the models in initial_traffic;
         drift: the drift monitor, for the models in settings.drift;
         app_args: the application's args as the graph builder resolved them, to deploy it again
-        changed (load, unload, traffic)."""
+        changed (load, unload, traffic); config_version: the version of the args it was given, which
+        a change must still find deployed (compare-and-set)."""
         replica_logging()
         settings = GraphArgs.model_validate(settings)
         self.gateway = Gateway(
@@ -66,6 +68,7 @@ class Router:
             app_args=app_args,
             extensions=EXTENSIONS,
         )
+        self.config_version = config_version
         self.grpc = InferenceService(self.gateway, client_error_of)
         self.limit = settings.max_request_bytes
         self.parsing = http.ParsingBudget(settings.max_parsing_bytes)
@@ -192,7 +195,7 @@ class Router:
 
     async def _redeploy(self, args: dict, action: str, who: str, experiments: dict | None = None) -> JSONResponse:
         logger.info("%s by %s: deploying the application again with changed args", action, who)
-        document = await redeploy(args, action, experiments or {})
+        document = await redeploy(args, action, experiments or {}, self.config_version)
         return JSONResponse(document, status_code=200 if document["state"] == "READY" else 202)
 
     # -- REST: experiments ---------------------------------------------------------------------

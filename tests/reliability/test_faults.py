@@ -76,6 +76,37 @@ def _shadow_answered_after(storage_uri: str, load: Load, killed_at: float) -> bo
     return bool(sent_after & set(logged_ids(storage_uri, "kill-side", roles=("shadow",), ok_only=True)))
 
 
+def test_a_router_killed_under_load_loses_only_its_last_unwritten_log_rows(full_graph, full_graph_args, reliability):
+    """The bound docs/reliability.md states: a router killed mid-stream loses the prediction-log rows it
+    buffered since its last write began (rows of at most one flush interval, plus the write in flight),
+    never more; everything answered before that is in the log. One client, so answer order is the order
+    in which the router buffered the rows, and the rows kept must be a prefix of the answers."""
+    row = reliability("Faults", "the Router replica SIGKILLed under 1 client: the prediction log's loss")
+    storage = full_graph_args["storage_uri"]
+    pid = replica_pid("Router")
+    with Load(full_graph, 1, prefix="kill-router") as load:
+        # Killed once a write has happened while this load ran, so there is something to keep.
+        assert wait_until(lambda: len(logged_ids(storage, "kill-router")) >= 20, RECOVERY_WAIT_S)
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        assert wait_until(lambda: replica_pid("Router") not in (pid, None), RECOVERY_WAIT_S)
+        assert wait_until(lambda: any(a.sent_at > killed_at for a in load.answered), RECOVERY_WAIT_S)
+    before = [a for a in load.answered if a.sent_at + a.latency_s < killed_at]  # in answer order
+    after = {a.request_id for a in load.answered if a.sent_at > killed_at}
+    # The new router writes what it answered; then the log holds all it ever will of the old one's.
+    assert wait_until(lambda: after <= set(logged_ids(storage, "kill-router")), RECOVERY_WAIT_S)
+    logged = set(logged_ids(storage, "kill-router"))
+    kept = [a.request_id in logged for a in before]
+    lost = kept.count(False)
+    assert kept == sorted(kept, reverse=True), "a row was lost while a later one was kept"
+    assert kept[0], "nothing answered before the kill was kept"
+    first_lost = before[kept.index(False)] if lost else None
+    row.measured["rows lost"] = f"{lost:,} of {len(before):,} answered before the kill"
+    if first_lost is not None:
+        row.measured["lost rows answered within"] = f"{killed_at - first_lost.sent_at:.2f} s before the kill"
+    row.measured["client errors"] = f"{len(load.failures())} of {len(load.answers):,}"
+
+
 def test_storage_gone_then_back_serving_goes_on_and_the_log_catches_up(
     full_graph, full_graph_args, ray_cluster, reliability
 ):

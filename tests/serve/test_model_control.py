@@ -18,12 +18,13 @@ from serve_app.demo import request_columns, synthetic_transactions
 from serve_app.onboarding import register
 from serve_app.protocol.rest import request_body
 from tests.conftest import ADMIN_TOKEN
-from tests.helpers import Traffic, serve_deploy, wait_until
+from tests.helpers import Traffic, graph_application, send_change, serve_deploy, wait_until
 
 APP = "control"
 PREFIX = "/control"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 BODY = request_body(request_columns(synthetic_transactions(1, seed=81)))
+VERSION_2, VERSION_3 = {"parameters": {"version": 2}}, {"parameters": {"version": 3}}
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +42,8 @@ def deployed(ray_cluster, demo_repository, tmp_path_factory):
     batching = {"max_batch_size": 8, "batch_wait_timeout_s": 0.002}
     overrides = [{"name": "experiments", "user_config": {"traffic": {"fraud": traffic}}}]  # as configs/ do
     overrides += [{"name": f"fraud-v{v}-model", "user_config": batching} for v in (1, 2)]
-    application = {
-        "name": APP,
-        "route_prefix": PREFIX,
-        "import_path": "graphs.champion_challenger:build_app",
-        "args": args,
-        "runtime_env": {"env_vars": {"SERVE_APP_ADMIN_TOKEN": ADMIN_TOKEN}},
-        "deployments": overrides,
-    }
+    token = {"env_vars": {"SERVE_APP_ADMIN_TOKEN": ADMIN_TOKEN}}
+    application = graph_application(APP, args, runtime_env=token, deployments=overrides)
     config_path = tmp_path_factory.mktemp("control-config") / "control.yaml"
     url = ray_cluster.http_url + PREFIX
 
@@ -108,25 +103,24 @@ def test_a_new_version_goes_live_under_traffic_without_a_failed_request(deployed
         register(root, "fraud", root / "fraud" / "2" / "model.onnx")  # v3, on disk, not yet served
         assert index(http)["3"] == "UNAVAILABLE"
         start = time.perf_counter()
-        loaded = settled(
-            http.post("/v2/repository/models/fraud/load", json={"parameters": {"version": 3}}, headers=AUTH)
-        )
+        loaded = settled(send_change(http, "POST", "/v2/repository/models/fraud/load", json=VERSION_3, headers=AUTH))
         print(f"load took {time.perf_counter() - start:.1f} s")
         assert loaded["added"] == ["fraud-v3-model", "fraud-v3-preprocessor"]
         assert index(http) == {"1": "READY", "2": "READY", "3": "READY"}
         assert http.post("/v2/models/fraud/versions/3/infer", json=BODY).status_code == 200
 
         challenger = {"champion": 1, "challenger": 3, "challenger_weight": 0.5, "shadows": [2], "shadow_fraction": 1.0}
-        settled(http.put("/v2/models/fraud/experiment/traffic", json=challenger, headers=AUTH))
+        settled(send_change(http, "PUT", "/v2/models/fraud/experiment/traffic", json=challenger, headers=AUTH))
         assert wait_until(
             lambda: http.get("/v2/models/fraud/experiment").json()["traffic"]["challenger"]["version"] == 3, 60
         )
         seen = client.answers.copy()
         assert wait_until(lambda: client.answers["3"] > seen["3"], 60)  # the challenger answers now
 
-        settled(http.put("/v2/models/fraud/experiment/traffic", json={**challenger, "shadows": []}, headers=AUTH))
+        unmirrored = {**challenger, "shadows": []}
+        settled(send_change(http, "PUT", "/v2/models/fraud/experiment/traffic", json=unmirrored, headers=AUTH))
         unloaded = settled(
-            http.post("/v2/repository/models/fraud/unload", json={"parameters": {"version": 2}}, headers=AUTH)
+            send_change(http, "POST", "/v2/repository/models/fraud/unload", json=VERSION_2, headers=AUTH)
         )
         assert unloaded["removed"] == ["fraud-v2-model", "fraud-v2-preprocessor"]
         assert unloaded["overrides_dropped"] == ["fraud-v2-model"]
