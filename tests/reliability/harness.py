@@ -91,11 +91,11 @@ class Load:
         return f"{len(failed)} of {len(self.answers):,} failed" + (f" (first: {failed[0].error})" if failed else "")
 
 
-def app_processes() -> dict[str, int]:
+def app_processes(app: str = APP) -> dict[str, int]:
     """The live processes of an application's replicas, and Serve's proxy and controller: name -> pid."""
     processes = {}
     for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000):
-        if actor.class_name.startswith(f"ServeReplica:{APP}:") or actor.class_name in ("ProxyActor", "ServeController"):
+        if actor.class_name.startswith(f"ServeReplica:{app}:") or actor.class_name in ("ProxyActor", "ServeController"):
             processes[actor.name or actor.class_name] = actor.pid
     return processes
 

@@ -5,6 +5,8 @@ runs every model on replicas (production.yaml's layout)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import httpx
 import numpy as np
@@ -22,11 +24,13 @@ from serve_app.repository import ModelRepository
 from serve_app.runtime import load_runner
 from tests.conftest import LOCAL_CONFIG
 from tests.helpers import binary_body, wait_until
+from tests.reliability.harness import Load, app_processes
 
 APP = "in-router"
 PREFIX = "/in-router"
 BURST = 48
 WAIT_S = 60
+MAX_ERROR_RATE = 0.01
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +121,23 @@ def test_every_answer_is_in_the_prediction_log(app):
         return expected <= set(table["request_id"])
 
     assert wait_until(logged, WAIT_S)
+
+
+def test_one_of_two_routers_killed_under_load_costs_at_most_one_percent(app, reliability):
+    """HAProxy sends a request that finds the dead router's port closed to the other one; only the
+    requests the killed router held fail. Load runs on until enough answers came after the kill."""
+    row = reliability("Faults", "one of local.yaml's two Routers (models inside) SIGKILLed under 16 clients")
+
+    def routers() -> list[int]:
+        return [pid for name, pid in app_processes(APP).items() if "#Router#" in name]
+
+    killed = routers()[0]
+    with Load(app["url"], 16, prefix="kill-in-router") as load:
+        assert wait_until(lambda: len(load.answered) >= 200, WAIT_S)
+        os.kill(killed, signal.SIGKILL)
+        answered_at_kill = len(load.answered)
+        assert wait_until(lambda: len(load.answered) >= answered_at_kill + 2000, 4 * WAIT_S)
+        assert wait_until(lambda: len(routers()) == 2 and killed not in routers(), 4 * WAIT_S)
+    failed = load.failures()
+    row.measured["client errors"] = f"{len(failed)} of {len(load.answers):,}"
+    assert len(failed) <= MAX_ERROR_RATE * len(load.answers), load.summary()
