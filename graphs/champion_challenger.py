@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from ray.serve import Application
 
-from graphs.single_model import check_in_router, drift_monitor, resolve_paths, router, version_pipeline
+from graphs.single_model import drift_monitor, resolve_paths, router, version_pipelines
 from serve_app.config import ExperimentGraphArgs, GraphArgs
 from serve_app.deployments.experiment import EXPERIMENTS_DEPLOYMENT, ExperimentDeployment
 from serve_app.deployments.redeploy import config_version
@@ -45,8 +45,7 @@ def build_app(args: dict) -> Application:
                 extra.check()
                 served.append(extra)
                 loaded.add((model, version))
-    check_in_router(settings, served)
-    pipelines = [version_pipeline(settings.repository, version, settings) for version in served]
+    pipelines = version_pipelines(settings, served)
     traffic = {model: e.traffic.model_dump() for model, e in settings.experiments.items()}
     experiments = ExperimentDeployment.options(
         name=EXPERIMENTS_DEPLOYMENT,

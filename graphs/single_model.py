@@ -29,11 +29,9 @@ DRIFT_DEPLOYMENT = "drift-monitor"
 def build_app(args: dict) -> Application:
     settings = resolve_paths(GraphArgs.model_validate(args))
     served = ModelRepository(settings.repository).check(settings.models, settings.versions)  # fails at start
-    check_in_router(settings, served)
-    pipelines = [version_pipeline(settings.repository, version, settings) for version in served]
     return router(settings).bind(
         settings.model_dump(),
-        pipelines,
+        version_pipelines(settings, served),
         drift=drift_monitor(settings, served),
         app_args=settings.model_dump(mode="json"),
         config_version=config_version(args),
@@ -84,6 +82,12 @@ def drift_monitor(settings: GraphArgs, served: list[ModelVersion], experiments: 
         [(v.name, v.version) for v in watched],
         experiments,
     )
+
+
+def version_pipelines(settings: GraphArgs, served: list[ModelVersion]) -> list[Pipeline]:
+    """Every served version's pipeline, once in_router is checked."""
+    check_in_router(settings, served)
+    return [version_pipeline(settings.repository, version, settings) for version in served]
 
 
 def check_in_router(settings: GraphArgs, served: list[ModelVersion]) -> None:

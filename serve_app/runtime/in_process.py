@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import Counter
 from typing import Protocol
 
 import numpy as np
@@ -22,6 +23,7 @@ from serve_app.protocol.dataplane import Endpoint
 from serve_app.protocol.tensors import batch_size, check_inputs
 from serve_app.repository import ModelVersion
 from serve_app.runtime.base import Runner
+from serve_app.runtime.batching import BatchStats
 from serve_app.runtime.merging import QueueFull, RequestMerger
 
 
@@ -77,20 +79,12 @@ class InProcessEndpoint(Endpoint):
         return {**self.runner.describe(), "pid": os.getpid(), "gpu_ids": [], "placed_on": self.runner.placed_on}
 
     async def batch_stats(self) -> dict | None:
-        """The same keys as a model replica's (runtime.batching.BatchStats), from the merger's counts."""
+        """A model replica's BatchStats, counted from the merger's calls."""
         batching = self.config.dynamic_batching.model_dump()
         if self.merger is None:  # a call per request
-            counts = {"request_count": self.calls, "max_requests_per_batch": min(self.calls, 1)}
-            per_call = {"1": self.calls} if self.calls else {}
+            requests, per_call = self.calls, Counter({1: self.calls} if self.calls else {})
         else:
-            merged = self.merger.stats
-            counts = {"request_count": merged.requests, "max_requests_per_batch": merged.largest}
-            per_call = {str(k): v for k, v in sorted(merged.requests_per_call.items())}
+            requests, per_call = self.merger.stats.requests, self.merger.stats.requests_per_call
             batching["max_batch_size"] = self.merger.max_rows
-        return {
-            "inference_count": self.rows,
-            "execution_count": self.calls,
-            **counts,
-            "requests_per_batch": per_call,
-            **batching,
-        }
+        stats = BatchStats(self.rows, requests, self.calls, per_call)
+        return {**stats.as_dict(), **batching}
