@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from ray.serve import Application
 
-from graphs.single_model import drift_monitor, resolve_paths, router, version_pipelines
+from graphs.single_model import drift_monitor, resolve_paths, router, statistics_board, version_pipelines
 from serve_app.config import ExperimentGraphArgs, GraphArgs
 from serve_app.deployments.experiment import EXPERIMENTS_DEPLOYMENT, ExperimentDeployment
 from serve_app.deployments.redeploy import config_version
@@ -45,7 +45,8 @@ def build_app(args: dict) -> Application:
                 extra.check()
                 served.append(extra)
                 loaded.add((model, version))
-    pipelines = version_pipelines(settings, served)
+    statistics = statistics_board()
+    pipelines = version_pipelines(settings, served, statistics)
     traffic = {model: e.traffic.model_dump() for model, e in settings.experiments.items()}
     experiments = ExperimentDeployment.options(
         name=EXPERIMENTS_DEPLOYMENT,
@@ -66,4 +67,5 @@ def build_app(args: dict) -> Application:
         drift_monitor(settings, served, experiments),
         settings.model_dump(mode="json"),
         config_version(args),
+        statistics,
     )

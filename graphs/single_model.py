@@ -1,5 +1,5 @@
 """Router (HTTP ingress) -> Preprocessor -> Model (@serve.batch), one pipeline per served version,
-and a drift monitor when the args name models under `drift`.
+a statistics board, and a drift monitor when the args name models under `drift`.
 
 applications:
   - import_path: graphs.single_model:build_app
@@ -18,6 +18,7 @@ from serve_app.deployments.model import ModelDeployment
 from serve_app.deployments.preprocessor import PreprocessorDeployment
 from serve_app.deployments.redeploy import LOAD_WAIT_S, config_version
 from serve_app.deployments.router import Router
+from serve_app.deployments.statistics import STATISTICS_DEPLOYMENT, StatisticsDeployment
 from serve_app.drift import feature_schema, load_reference
 from serve_app.errors import RepositoryError
 from serve_app.messages import Pipeline
@@ -29,12 +30,14 @@ DRIFT_DEPLOYMENT = "drift-monitor"
 def build_app(args: dict) -> Application:
     settings = resolve_paths(GraphArgs.model_validate(args))
     served = ModelRepository(settings.repository).check(settings.models, settings.versions)  # fails at start
+    statistics = statistics_board()
     return router(settings).bind(
         settings.model_dump(),
-        version_pipelines(settings, served),
+        version_pipelines(settings, served, statistics),
         drift=drift_monitor(settings, served),
         app_args=settings.model_dump(mode="json"),
         config_version=config_version(args),
+        statistics=statistics,
     )
 
 
@@ -49,6 +52,11 @@ def router(settings: GraphArgs):
         graceful_shutdown_timeout_s=LOAD_WAIT_S + 30,
         ray_actor_options={"num_cpus": settings.num_cpus_ingress},
     )
+
+
+def statistics_board() -> Application:
+    """The board that routers and model replicas report Triton's statistics to."""
+    return StatisticsDeployment.options(name=STATISTICS_DEPLOYMENT).bind()
 
 
 def resolve_paths(settings: GraphArgs) -> GraphArgs:
@@ -84,17 +92,19 @@ def drift_monitor(settings: GraphArgs, served: list[ModelVersion], experiments: 
     )
 
 
-def version_pipelines(settings: GraphArgs, served: list[ModelVersion]) -> list[Pipeline]:
-    """Every served version's pipeline, once in_router is checked."""
+def version_pipelines(settings: GraphArgs, served: list[ModelVersion], statistics: Application) -> list[Pipeline]:
+    """Every served version's pipeline, once in_router is checked; its model replicas report to the
+    statistics board."""
     check_in_router(settings, served)
-    return [version_pipeline(settings.repository, version, settings) for version in served]
+    return [version_pipeline(settings.repository, version, settings, statistics) for version in served]
 
 
 def check_in_router(settings: GraphArgs, served: list[ModelVersion]) -> None:
-    """in_router names served models, and none of their versions asks for a GPU (routers have none)."""
-    unknown = sorted(set(settings.in_router) - {v.name for v in served})
+    """in_router names models of the repository (one unloaded for now is simply not served), and
+    none of the served versions asks for a GPU (routers have none)."""
+    unknown = sorted(set(settings.in_router) - set(ModelRepository(settings.repository).model_names()))
     if unknown:
-        raise RepositoryError(f"in_router: models {unknown} are not among those served")
+        raise RepositoryError(f"in_router: models {unknown} are not in the repository")
     for version in served:
         runtime, instances = version.config.runtime, version.config.instances
         if version.name in settings.in_router and (instances.num_gpus > 0 or runtime.device == "cuda"):
@@ -104,7 +114,7 @@ def check_in_router(settings: GraphArgs, served: list[ModelVersion]) -> None:
             )
 
 
-def version_pipeline(repository: str, version: ModelVersion, settings: GraphArgs) -> Pipeline:
+def version_pipeline(repository: str, version: ModelVersion, settings: GraphArgs, statistics: Application) -> Pipeline:
     """The Preprocessor and Model deployments of one version, named '<model>-v<version>-...'; none
     for a model in_router (the router runs it)."""
     config = version.config
@@ -129,5 +139,5 @@ def version_pipeline(repository: str, version: ModelVersion, settings: GraphArgs
         max_queued_requests=settings.max_queued_requests,
         user_config=config.dynamic_batching.model_dump(),
         ray_actor_options={"num_cpus": config.instances.num_cpus, "num_gpus": config.instances.num_gpus},
-    ).bind(repository, config.name, version.version, preprocess=in_model)
+    ).bind(repository, config.name, version.version, preprocess=in_model, statistics=statistics)
     return Pipeline(config.name, version.version, runner, preprocessor)

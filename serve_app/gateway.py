@@ -30,6 +30,8 @@ from serve_app.repository import ModelRepository
 from serve_app.runtime.merging import QueueFull
 from serve_app.scores import row_scores
 from serve_app.shadow.mirror import SHADOW_WINDOW_S, ShadowMirror
+from serve_app.statistics import StatisticsRecorder
+from serve_app.statistics.recorder import StatisticsClient, report_statistics
 from serve_app.telemetry import RequestStats
 
 logger = logging.getLogger("ray.serve")
@@ -108,6 +110,8 @@ class Gateway:
         drift: DriftSink | None = None,
         app_args: dict | None = None,
         extensions: list[str] | None = None,
+        statistics: StatisticsClient | None = None,
+        recorder: StatisticsRecorder | None = None,
     ):
         self.settings = settings
         self.app_args = app_args
@@ -125,6 +129,8 @@ class Gateway:
             self.traffic.set_traffic(model, TrafficSettings.model_validate(traffic))
         self.stats = RequestStats()
         self.metrics = metrics
+        self.statistics = statistics
+        self.recorder = recorder or StatisticsRecorder("router")
         thresholds = {model: config.decision_threshold for model, config in self.configs.items()}
         self.shadows = ShadowMirror(self.dataplane, self.traffic, self.stats, metrics, thresholds)
         self.drift = drift
@@ -160,6 +166,7 @@ class Gateway:
         if self.drift is not None:
             await self.ship_drift_rows()
         self.metrics.flush()
+        await self.report_statistics()
 
     # -- the request path ---------------------------------------------------------------------
 
@@ -179,7 +186,7 @@ class Gateway:
             if client_error is None or client_error.http_status >= 500:  # the model failed, not the client
                 answered_by, latency_ms = self.dataplane.endpoint(model, route.version).version, _ms(start)
                 self.traffic.record(model, answered_by, route.arm, inference, None, latency_ms, type(error).__name__)
-                self._count(model, answered_by, route.arm, latency_ms, ok=False)
+                self._count(model, answered_by, route.arm, latency_ms, 0, ok=False)
                 message = "request id=%s model=%s version=%s arm=%s failed after %.2f ms: %r"
                 logger.warning(message, inference.id, model, answered_by, route.arm, latency_ms, error)
             else:
@@ -190,7 +197,7 @@ class Gateway:
         response.parameters["arm"] = route.arm
         answered_by, latency_ms = int(response.model_version), _ms(start)
         self.traffic.record(model, answered_by, route.arm, inference, response.outputs, latency_ms, "ok")
-        self._count(model, answered_by, route.arm, latency_ms, ok=True)
+        self._count(model, answered_by, route.arm, latency_ms, batch_size(inference.inputs), ok=True)
         message = "request id=%s model=%s version=%s arm=%s status=ok latency_ms=%.2f"
         logger.debug(message, inference.id, model, answered_by, route.arm, latency_ms)
         try:
@@ -203,9 +210,10 @@ class Gateway:
                 self.shadows.queue.add(model, shadow, inference, production)
         return response
 
-    def _count(self, model: str, version: int, arm: str, latency_ms: float, ok: bool) -> None:
+    def _count(self, model: str, version: int, arm: str, latency_ms: float, rows: int, ok: bool) -> None:
         self.stats.request(model, version, arm, latency_ms, ok)
         self.metrics.request(model, version, arm, latency_ms, ok)
+        self.recorder.request(model, version, rows, ok, int(latency_ms * 1e6))
 
     # -- shipping: drift rows, experiment events, the prediction log, batch sizes -------------
 
@@ -259,6 +267,11 @@ class Gateway:
             except Exception as error:  # a replica starting or gone: the next round asks again
                 logger.debug("%s v%s: batch size not read: %r", endpoint.name, endpoint.version, error)
 
+    async def report_statistics(self) -> None:
+        """This replica's counters to the application's statistics board, if they changed."""
+        if self.statistics is not None:
+            await report_statistics(self.recorder, self.statistics)
+
     def merging_endpoints(self) -> list[Endpoint]:
         return [e for e in self.dataplane.endpoints if e.merger is not None]
 
@@ -289,6 +302,7 @@ class Gateway:
                 logger.exception("syncing with the experiment store failed")
             await self.flush_log()
             self.metrics.flush()
+            await self.report_statistics()
 
     # -- questions about the graph: health, metadata, the status page, drift, experiments -----
 
@@ -319,16 +333,6 @@ class Gateway:
             providers = described.get("providers") or [described["platform"]]
             metadata["parameters"].update(device=described["device"], execution_provider=providers[0])
         return metadata
-
-    def model_config(self, model: str) -> dict:
-        self.dataplane.endpoint(model)
-        return self.configs[model].model_dump(mode="json")
-
-    def repository_index(self, ready_only: bool) -> list[dict]:
-        """Triton's model repository extension: every version on disk and whether it is served."""
-        served = {(e.name, e.version) for e in self.dataplane.endpoints}
-        entries = self.repository.index(served)
-        return [e for e in entries if e["state"] == "READY"] if ready_only else entries
 
     async def status_page_data(self) -> dict:
         """What the status page draws: this replica's counts, and each model's experiment, batching

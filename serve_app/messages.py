@@ -4,9 +4,12 @@ field fails where the message is built, in the sender's tests, not at run time i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from serve_app.statistics.counters import VersionStatistics
 
 
 @dataclass(frozen=True)
@@ -62,3 +65,13 @@ class Pipeline:
     version: int
     runner: Any | None = None
     preprocessor: Any | None = None
+
+
+@dataclass(frozen=True)
+class StatisticsReport:
+    """What one replica has counted so far: the message replicas send the statistics board."""
+
+    reporter: str
+    sequence: int
+    """Reports of one reporter are numbered from 1: a later one holds everything an earlier one did."""
+    counters: list[VersionStatistics]

@@ -20,6 +20,7 @@ from serve_app.repository import ModelRepository, ModelVersion
 from serve_app.runtime import load_runner
 from serve_app.runtime.in_process import InProcessEndpoint
 from serve_app.runtime.merging import QueueFull, RequestMerger
+from serve_app.statistics import Duration, StatisticsRecorder
 
 logger = logging.getLogger("ray.serve")
 READY_TIMEOUT_S = 5.0
@@ -109,9 +110,10 @@ class HandleEndpoint(Endpoint):
         return await self.model.batch_stats.remote()
 
 
-def pipeline_endpoints(settings: GraphArgs, pipelines: list[Pipeline]) -> list[Endpoint]:
+def pipeline_endpoints(settings: GraphArgs, pipelines: list[Pipeline], recorder: StatisticsRecorder) -> list[Endpoint]:
     """One endpoint per served version, merging before the hop unless the graph turned it off; a
-    version without a runner deployment is loaded here, in the router's process."""
+    version without a runner deployment is loaded here, in the router's process (and counts its
+    executions in `recorder`)."""
     repository = ModelRepository(settings.repository)
     queued = None if settings.max_queued_requests < 0 else settings.max_queued_requests
     endpoints: list[Endpoint] = []
@@ -120,10 +122,13 @@ def pipeline_endpoints(settings: GraphArgs, pipelines: list[Pipeline]) -> list[E
         if pipeline.runner is None:
             runner = load_runner(version.config, version.model_file, version.precision, gpus_given=0)
             metrics = ModelMetrics(version.name, version.version)
-            endpoints.append(InProcessEndpoint(version, runner, settings.merge_before_hop, queued, metrics))
-            continue
-        merge_calls = None
-        if settings.merge_before_hop:
-            merge_calls = settings.merge_calls_per_replica * version.config.instances.num_replicas
-        endpoints.append(HandleEndpoint(version, pipeline.preprocessor, pipeline.runner, merge_calls, queued))
+            endpoints.append(InProcessEndpoint(version, runner, settings.merge_before_hop, queued, metrics, recorder))
+        else:
+            merge_calls = None
+            if settings.merge_before_hop:
+                merge_calls = settings.merge_calls_per_replica * version.config.instances.num_replicas
+            endpoints.append(HandleEndpoint(version, pipeline.preprocessor, pipeline.runner, merge_calls, queued))
+        if (merger := endpoints[-1].merger) is not None:
+            waited = lambda stats=merger.stats: Duration(stats.requests, stats.queued_ns)  # noqa: E731
+            recorder.count_waiting(version.name, version.version, waited)
     return endpoints

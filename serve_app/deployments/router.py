@@ -20,12 +20,14 @@ from serve_app.experiments.traffic import ROUTING_KEY_HEADER
 from serve_app.gateway import Gateway
 from serve_app.messages import Pipeline
 from serve_app.protocol import http, openapi
+from serve_app.protocol.extensions import CONFIG_SOURCES, EXTENSIONS, TritonExtensions
 from serve_app.protocol.generated import grpc_predict_v2_pb2 as pb
 from serve_app.protocol.grpc_service import InferenceService
+from serve_app.protocol.management import LOAD_PARAMETERS, UNLOAD_PARAMETERS
 from serve_app.protocol.rest import binary_outputs, parse_infer_request, render_infer_response
+from serve_app.statistics import StatisticsRecorder
 
 logger = logging.getLogger("ray.serve")
-EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 STATUS_PAGE = Path(__file__).parents[1] / "static" / "dashboard.html"
 
 app = FastAPI(
@@ -49,27 +51,33 @@ class Router:
         drift: DeploymentHandle | None = None,
         app_args: dict | None = None,
         config_version: str | None = None,
+        statistics: DeploymentHandle | None = None,
     ):
         """pipelines: one per served version;
         experiments: the experiment store, for the models in initial_traffic;
         drift: the drift monitor, for the models in settings.drift;
         app_args: the application's args as the graph builder resolved them, to deploy it again
         changed (load, unload, traffic); config_version: the version of the args it was given, which
-        a change must still find deployed (compare-and-set)."""
+        a change must still find deployed (compare-and-set); statistics: the application's
+        statistics board."""
         replica_logging()
         settings = GraphArgs.model_validate(settings)
+        recorder = StatisticsRecorder("router")
         self.gateway = Gateway(
             settings,
-            pipeline_endpoints(settings, pipelines),
+            pipeline_endpoints(settings, pipelines, recorder),
             RouterMetrics(),
             experiments=DeploymentClient(experiments) if experiments is not None else None,
             initial_traffic=initial_traffic,
             drift=DeploymentClient(drift) if drift is not None else None,
             app_args=app_args,
             extensions=EXTENSIONS,
+            statistics=DeploymentClient(statistics) if statistics is not None else None,
+            recorder=recorder,
         )
         self.config_version = config_version
-        self.grpc = InferenceService(self.gateway, client_error_of)
+        self.triton = TritonExtensions(self.gateway)
+        self.grpc = InferenceService(self.gateway, client_error_of, self._load, self._unload)
         self.limit = settings.max_request_bytes
         self.parsing = http.ParsingBudget(settings.max_parsing_bytes)
         self.status_page = STATUS_PAGE.read_text()
@@ -122,6 +130,11 @@ class Router:
     async def server_metadata(self) -> dict:
         return self.gateway.dataplane.server_metadata()
 
+    @app.get("/v2/models/stats", response_model=openapi.Statistics)
+    async def all_statistics(self) -> dict:
+        """Triton's statistics extension: every served version, summed over the application's replicas."""
+        return await self.triton.statistics(None, None)
+
     @app.get("/v2/models/{model}", response_model=openapi.ModelMetadata, responses=openapi.ERRORS)
     async def model_metadata(self, model: str) -> dict:
         return await self.gateway.metadata(model, None)
@@ -131,8 +144,21 @@ class Router:
         return await self.gateway.metadata(model, version)
 
     @app.get("/v2/models/{model}/config", responses=openapi.ERRORS)
-    async def model_config(self, model: str) -> dict:
-        return self.gateway.model_config(model)
+    async def model_config(self, model: str, source: str = "triton") -> dict:
+        """Triton's model configuration (what clients send and get); `?source=repository`: config.yaml."""
+        return self.triton.model_config(model, None, http.choice("source", source, CONFIG_SOURCES))
+
+    @app.get("/v2/models/{model}/versions/{version}/config", responses=openapi.ERRORS)
+    async def version_config(self, model: str, version: str, source: str = "triton") -> dict:
+        return self.triton.model_config(model, version, http.choice("source", source, CONFIG_SOURCES))
+
+    @app.get("/v2/models/{model}/stats", response_model=openapi.Statistics, responses=openapi.ERRORS)
+    async def model_statistics(self, model: str) -> dict:
+        return await self.triton.statistics(model, None)
+
+    @app.get("/v2/models/{model}/versions/{version}/stats", response_model=openapi.Statistics, responses=openapi.ERRORS)
+    async def version_statistics(self, model: str, version: str) -> dict:
+        return await self.triton.statistics(model, version)
 
     @app.get("/v2/models/{model}/ready", response_model=openapi.Ready, responses=openapi.ERRORS)
     async def model_ready(self, model: str) -> JSONResponse:
@@ -159,7 +185,7 @@ class Router:
 
     @app.post("/v2/repository/index", responses=openapi.ERRORS)
     async def repository_index(self, request: Request) -> list[dict]:
-        return self.gateway.repository_index(http.index_filter(await http.read_body(request, self.limit)))
+        return self.triton.repository_index(http.index_filter(await http.read_body(request, self.limit)))
 
     # -- REST: management (the admin token) -----------------------------------------------------
 
@@ -168,21 +194,17 @@ class Router:
         """Triton's load: the versions the model's policy selects now, or `parameters.version`."""
         who = http.authorize(request, f"load {model}")
         body = await http.read_body(request, self.limit)
-        version = http.control_parameters(body, {"version"}).get("version")
-        action = f"load {model}" + (f" v{version}" if version else "")
-        args = self.gateway.control().load(model, version)
-        if args is None:
-            return JSONResponse({"action": action, "state": "READY", "added": [], "removed": []})
-        return await self._redeploy(args, action, who)
+        return http.change_answer(
+            await self._load(model, http.control_parameters(body, LOAD_PARAMETERS).get("version"), who)
+        )
 
     @app.post("/v2/repository/models/{model}/unload", responses=openapi.CONTROL_ERRORS)
     async def unload_model(self, model: str, request: Request) -> JSONResponse:
         """Triton's unload: the model, or only `parameters.version` of it."""
         who = http.authorize(request, f"unload {model}")
         body = await http.read_body(request, self.limit)
-        version = http.control_parameters(body, {"version", "unload_dependents"}).get("version")
-        args = self.gateway.control().unload(model, version)
-        return await self._redeploy(args, f"unload {model}" + (f" v{version}" if version else ""), who)
+        version = http.control_parameters(body, UNLOAD_PARAMETERS).get("version")
+        return http.change_answer(await self._unload(model, version, who))
 
     @app.put("/v2/models/{model}/experiment/traffic", responses=openapi.CONTROL_ERRORS)
     async def set_traffic(self, model: str, request: Request) -> JSONResponse:
@@ -191,12 +213,24 @@ class Router:
         who = http.authorize(request, f"set the traffic of {model}")
         traffic = http.traffic_body(await http.read_body(request, self.limit))
         args = self.gateway.control().set_traffic(model, traffic)
-        return await self._redeploy(args, f"set the traffic of {model}", who, {model: args["experiments"][model]})
+        action = f"set the traffic of {model}"
+        return http.change_answer(await self._redeploy(args, action, who, {model: args["experiments"][model]}))
 
-    async def _redeploy(self, args: dict, action: str, who: str, experiments: dict | None = None) -> JSONResponse:
+    async def _load(self, model: str, version: int | None, who: str) -> dict:
+        """Triton's load (REST and gRPC): the versions the model's policy selects now, or `version`."""
+        action = f"load {model}" + (f" v{version}" if version else "")
+        args = self.gateway.control().load(model, version)
+        if args is None:
+            return {"action": action, "state": "READY", "added": [], "removed": []}
+        return await self._redeploy(args, action, who)
+
+    async def _unload(self, model: str, version: int | None, who: str) -> dict:
+        args = self.gateway.control().unload(model, version)
+        return await self._redeploy(args, f"unload {model}" + (f" v{version}" if version else ""), who)
+
+    async def _redeploy(self, args: dict, action: str, who: str, experiments: dict | None = None) -> dict:
         logger.info("%s by %s: deploying the application again with changed args", action, who)
-        document = await redeploy(args, action, experiments or {}, self.config_version)
-        return JSONResponse(document, status_code=200 if document["state"] == "READY" else 202)
+        return await redeploy(args, action, experiments or {}, self.config_version)
 
     # -- REST: experiments ---------------------------------------------------------------------
 
@@ -241,3 +275,18 @@ class Router:
 
     async def ModelInfer(self, request: pb.ModelInferRequest, grpc_context: RayServegRPCContext):
         return await self.grpc.model_infer(request, grpc_context)
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, grpc_context: RayServegRPCContext):
+        return await self.grpc.model_config(request, grpc_context)
+
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, grpc_context: RayServegRPCContext):
+        return await self.grpc.model_statistics(request, grpc_context)
+
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, grpc_context: RayServegRPCContext):
+        return await self.grpc.repository_index(request, grpc_context)
+
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, grpc_context: RayServegRPCContext):
+        return await self.grpc.repository_model_load(request, grpc_context)
+
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, grpc_context: RayServegRPCContext):
+        return await self.grpc.repository_model_unload(request, grpc_context)

@@ -16,7 +16,7 @@ from serve_app import __version__
 from serve_app.config import TensorSpec
 from serve_app.errors import DeadlineExceeded, InvalidInput, ModelNotFound
 from serve_app.protocol.messages import InferenceRequest, InferenceResponse
-from serve_app.protocol.tensors import check_inputs
+from serve_app.protocol.tensors import check_inputs, conform_scalar_columns, declared_dims
 from serve_app.repository import ModelVersion
 from serve_app.runtime import Runner
 from serve_app.runtime.merging import RequestMerger
@@ -59,8 +59,8 @@ class Endpoint(ABC):
             "name": self.name,
             "versions": [str(self.version)],
             "platform": self.platform,
-            "inputs": [_spec_metadata(s) for s in self.input_specs],
-            "outputs": [_spec_metadata(s) for s in self.output_specs],
+            "inputs": [_spec_metadata(s, declared_dims(s)) for s in self.input_specs],
+            "outputs": [_spec_metadata(s, s.dims) for s in self.output_specs],
             "parameters": {"precision": self.precision},
         }
 
@@ -105,6 +105,15 @@ class DataPlane:
             raise ModelNotFound(f"model '{name}' has no version '{version}' (versions served: {served})")
         return versions[int(version)]
 
+    def served(self, name: str | None = None, version: str | None = None) -> list[Endpoint]:
+        """Every served version, a model's (None: all of them), or the one named."""
+        if name is None:
+            return self.endpoints
+        if version is None:
+            self.endpoint(name)  # an unknown model is ModelNotFound
+            return [self._models[name][v] for v in sorted(self._models[name])]
+        return [self.endpoint(name, version)]
+
     def server_metadata(self) -> dict:
         return {"name": SERVER_NAME, "version": __version__, "extensions": self.extensions}
 
@@ -128,6 +137,7 @@ class DataPlane:
 
     async def infer(self, name: str, version: str | None, request: InferenceRequest) -> InferenceResponse:
         endpoint = self.endpoint(name, version)
+        request.inputs = conform_scalar_columns(request.inputs, endpoint.input_specs)
         check_inputs(request.inputs, endpoint.input_specs, endpoint.max_batch_size)
         timeout_s = _timeout_s(request.parameters)
         try:
@@ -154,5 +164,5 @@ def _timeout_s(parameters: dict) -> float | None:
     return timeout_us / 1e6
 
 
-def _spec_metadata(spec: TensorSpec) -> dict:
-    return {"name": spec.name, "datatype": spec.datatype, "shape": spec.dims}
+def _spec_metadata(spec: TensorSpec, shape: list[int]) -> dict:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": shape}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from google.protobuf import json_format
 
 from serve_app.errors import InvalidInput
 from serve_app.protocol.generated import grpc_predict_v2_pb2 as pb
@@ -36,6 +37,11 @@ def parameters_from_proto(parameters) -> dict[str, Any]:
         if choice is not None:
             values[key] = getattr(parameter, choice)
     return values
+
+
+def from_json(document: dict, message: type):
+    """A message from the JSON form REST answers with (Triton's field names): both say the same."""
+    return json_format.ParseDict(document, message())
 
 
 def parameters_to_proto(target, values: dict[str, Any]) -> None:

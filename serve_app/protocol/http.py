@@ -1,12 +1,10 @@
-"""What the REST routes share: bodies read within the limit, the management token, the parameters
-of management bodies, and every error answered as the protocol's `{"error": ...}`."""
+"""What the REST routes share: bodies read within the limit, the management token and parameters
+read from HTTP, and every error answered as the protocol's `{"error": ...}`."""
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -15,17 +13,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from serve_app.errors import Forbidden, InvalidInput, PayloadTooLarge, ServeAppError, Unauthorized, Unavailable
+from serve_app.errors import InvalidInput, PayloadTooLarge, ServeAppError, Unavailable
+from serve_app.protocol.management import check_control_parameters, check_token
 from serve_app.protocol.rest import decode_content, parse_json_body
 
 logger = logging.getLogger("ray.serve")
-ADMIN_TOKEN_ENV = "SERVE_APP_ADMIN_TOKEN"
 HEADER_LENGTH = "inference-header-content-length"
 
 
 def error_response(status: int, message: str) -> Response:
     # ASCII-escaped: a message may quote client text that is not valid UTF-8.
     return Response(json.dumps({"error": message}), status_code=status, media_type="application/json")
+
+
+def change_answer(document: dict) -> JSONResponse:
+    """A management call's answer: 200 once the change serves, 202 while it is still starting."""
+    return JSONResponse(document, status_code=200 if document["state"] == "READY" else 202)
 
 
 def ready_response(ready: bool) -> JSONResponse:
@@ -128,16 +131,9 @@ def header_length(request: Request) -> int | None:
 
 
 def authorize(request: Request, action: str) -> str:
-    """Management calls need the bearer token from the environment, compared in constant time."""
-    expected = os.environ.get(ADMIN_TOKEN_ENV)
-    if not expected:
-        raise Forbidden(f"management is disabled: the server has no {ADMIN_TOKEN_ENV}")
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
-        client = request.client.host if request.client else "unknown"
-        logger.warning("refused an unauthenticated request to %s from %s", action, client)
-        raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
-    return "ops"
+    """Management calls need the bearer token from the environment."""
+    client = request.client.host if request.client else "unknown"
+    return check_token(request.headers.get("authorization"), action, client)
 
 
 def reason(body: bytes) -> str:
@@ -151,22 +147,19 @@ def reason(body: bytes) -> str:
 
 
 def control_parameters(body: bytes, allowed: set[str]) -> dict:
-    """The `parameters` object of a load/unload body (Triton's shape); config and file overrides
-    are refused: a version is changed on disk (serve-app register), not through the API."""
+    """The `parameters` object of a load/unload body (Triton's shape)."""
     document = parse_json_body(body) if body else {}
     parameters = document.get("parameters", {}) if isinstance(document, dict) else None
-    if not isinstance(parameters, dict) or set(document) - {"parameters"}:
-        raise InvalidInput("the body, if any, must be an object with a 'parameters' object")
-    unknown = sorted(set(parameters) - allowed)
-    if unknown:
-        raise InvalidInput(
-            f"unsupported parameter(s) {unknown}: this server takes {sorted(allowed)}; "
-            "add versions with serve-app register, not through the API"
-        )
-    version = parameters.get("version")
-    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
-        raise InvalidInput(f"parameter 'version' must be a whole number >= 1, got {version!r}")
-    return parameters
+    if isinstance(document, dict) and set(document) - {"parameters"}:
+        parameters = None
+    return check_control_parameters(parameters, allowed)
+
+
+def choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    """A query parameter that takes one of a few words."""
+    if value not in allowed:
+        raise InvalidInput(f"query parameter '{name}' must be one of {list(allowed)}, got {value!r}")
+    return value
 
 
 def index_filter(body: bytes) -> bool:

@@ -86,6 +86,7 @@ class MergeHealth(_Schema):
     retried_singly: int
     largest: int
     requests_per_call: dict[str, int] = Field(description="Calls by the number of requests merged into each.")
+    queued_ns: int = Field(description="Time requests waited for a call, summed.")
 
 
 class ParsingHealth(_Schema):
@@ -129,6 +130,45 @@ class ModelMetadata(_Schema):
     outputs: list[TensorMetadata]
     parameters: dict[str, str] = {}
     """serve-app's extension: the version's precision (fp32, fp16, int8)."""
+
+
+class StatisticDuration(_Schema):
+    count: int
+    ns: int = Field(description="Nanoseconds, summed over the count.")
+
+
+class InferStatistics(_Schema):
+    success: StatisticDuration
+    fail: StatisticDuration
+    queue: StatisticDuration
+    compute_input: StatisticDuration
+    compute_infer: StatisticDuration
+    compute_output: StatisticDuration
+    cache_hit: StatisticDuration
+    cache_miss: StatisticDuration
+
+
+class BatchStatistics(_Schema):
+    batch_size: int = Field(description="Rows in the execution.")
+    compute_input: StatisticDuration
+    compute_infer: StatisticDuration
+    compute_output: StatisticDuration
+
+
+class ModelStatistics(_Schema):
+    name: str
+    version: str
+    last_inference: int = Field(description="Milliseconds since the epoch; 0: never.")
+    inference_count: int = Field(description="Rows answered.")
+    execution_count: int = Field(description="Model executions: inference_count / execution_count is the batch size.")
+    inference_stats: InferStatistics
+    batch_stats: list[BatchStatistics]
+
+
+class Statistics(_Schema):
+    """Triton's statistics extension, summed over every replica of the application."""
+
+    model_stats: list[ModelStatistics]
 
 
 ERRORS = {status: {"model": Error} for status in (400, 404, 413, 422, 503, 504)}

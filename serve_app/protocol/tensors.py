@@ -63,6 +63,27 @@ def shape_matches(shape: Sequence[int], dims: Sequence[int]) -> bool:
     return len(shape) == len(dims) and all(d == -1 or d == s for s, d in zip(shape, dims))
 
 
+def declared_dims(spec: TensorSpec) -> list[int]:
+    """An input's shape as metadata and Triton's config declare it: one scalar per row is [-1, 1],
+    Triton's convention for a batched model (its tools build requests from a per-row shape)."""
+    return [-1, 1] if spec.dims == [-1] else spec.dims
+
+
+def conform_scalar_columns(inputs: dict[str, np.ndarray], specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+    """Inputs of one scalar per row are accepted as [n] and as [n, 1]: each is given the shape its
+    spec names (a view, nothing copied). Other inputs are left for check_inputs to judge."""
+    conformed = dict(inputs)
+    for spec in specs:
+        array = inputs.get(spec.name)
+        if array is None or not spec.one_value_per_row or array.ndim not in (1, 2):
+            continue
+        if spec.dims == [-1] and array.ndim == 2 and array.shape[1] == 1:
+            conformed[spec.name] = array.reshape(-1)
+        elif spec.dims == [-1, 1] and array.ndim == 1:
+            conformed[spec.name] = array.reshape(-1, 1)
+    return conformed
+
+
 def batch_size(inputs: Mapping[str, np.ndarray]) -> int:
     """Rows in a request whose inputs were already checked to agree."""
     return next(iter(inputs.values())).shape[0]

@@ -67,9 +67,19 @@ def total_rows(requests: list[dict[str, np.ndarray]]) -> int:
     return sum(batch_size(r) for r in requests)
 
 
-def queued_rows(queued: list[tuple[dict[str, np.ndarray], float]]) -> int:
-    """total_rows of requests queued with their arrival time."""
-    return total_rows([inputs for inputs, _ in queued])
+@dataclass
+class Call:
+    """A call queued for a model replica's batch, with when it arrived and when it was ready."""
+
+    inputs: dict[str, np.ndarray]
+    arrived_ns: int
+    prepared_ns: int
+    """After preprocessing and checks (perf_counter_ns)."""
+
+
+def queued_rows(calls: list[Call]) -> int:
+    """total_rows of the calls queued for a batch."""
+    return total_rows([call.inputs for call in calls])
 
 
 def merge_rows(requests: list[dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], list[int]]:

@@ -25,6 +25,7 @@ from serve_app.repository import ModelVersion
 from serve_app.runtime.base import Runner
 from serve_app.runtime.batching import BatchStats
 from serve_app.runtime.merging import QueueFull, RequestMerger
+from serve_app.statistics import StatisticsRecorder
 
 
 class BatchMetrics(Protocol):
@@ -42,12 +43,14 @@ class InProcessEndpoint(Endpoint):
         merge: bool = True,
         max_queued: int | None = None,
         metrics: BatchMetrics | None = None,
+        recorder: StatisticsRecorder | None = None,
     ):
         super().__init__(model)
         self.config = model.config
         self.preprocessor = model.preprocessor
         self.runner = runner
         self.metrics = metrics
+        self.recorder = recorder
         self.rows = 0
         self.calls = 0
         if merge:
@@ -61,19 +64,25 @@ class InProcessEndpoint(Endpoint):
         return await self.merger.infer(inputs)
 
     async def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        start = time.perf_counter()
-        outputs = await asyncio.to_thread(self._score, inputs)
+        start = time.perf_counter_ns()
+        outputs, input_ns, infer_ns = await asyncio.to_thread(self._score, inputs)
         rows = batch_size(inputs)
         self.rows += rows
         self.calls += 1
         if self.metrics is not None:
-            self.metrics.batch(rows, 1000 * (time.perf_counter() - start), [])
+            self.metrics.batch(rows, (time.perf_counter_ns() - start) / 1e6, [])
+        if self.recorder is not None:  # the merger counts the requests' waiting (queue)
+            self.recorder.execution(self.name, self.version, rows, 1, 0, input_ns, infer_ns)
         return outputs
 
-    def _score(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _score(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int, int]:
+        """The outputs, and the nanoseconds spent preparing the inputs and in the model."""
+        start = time.perf_counter_ns()
         tensors = self.preprocessor.transform(inputs) if self.preprocessor is not None else inputs
         check_inputs(tensors, self.config.inputs, self.config.max_batch_size)
-        return self.runner.run(tensors)
+        prepared = time.perf_counter_ns()
+        outputs = self.runner.run(tensors)
+        return outputs, prepared - start, time.perf_counter_ns() - prepared
 
     async def describe(self) -> dict | None:
         return {**self.runner.describe(), "pid": os.getpid(), "gpu_ids": [], "placed_on": self.runner.placed_on}

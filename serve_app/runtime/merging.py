@@ -17,6 +17,7 @@ their model. Ray-free: the call it makes is any coroutine function (a Serve hand
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class _Pending:
     rows: int
     signature: tuple
     answer: asyncio.Future
+    queued_at_ns: int = field(default_factory=time.perf_counter_ns)
 
 
 @dataclass
@@ -53,6 +55,8 @@ class MergeStats:
     """Most requests in one call."""
     requests_per_call: Counter = field(default_factory=Counter)
     """How many calls carried each number of requests (singly retried ones apart)."""
+    queued_ns: int = 0
+    """Time requests spent waiting for a call, summed (one that went at once waited none)."""
 
     def as_dict(self) -> dict:
         counts = {str(k): v for k, v in sorted(self.requests_per_call.items())}
@@ -134,6 +138,8 @@ class RequestMerger:
             else:
                 kept.append(pending)
         self._queue = kept
+        now = time.perf_counter_ns()
+        self.stats.queued_ns += sum(now - p.queued_at_ns for p in group)
         return group
 
     async def _merged(self, group: list[_Pending]) -> None:

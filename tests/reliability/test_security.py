@@ -159,9 +159,10 @@ def test_nothing_unpickles_what_it_is_given(reliability):
 
 
 def test_the_token_is_compared_in_constant_time():
-    source = (ROOT / "serve_app" / "protocol" / "http.py").read_text()
+    """One check of the token, for REST and gRPC alike."""
+    source = (ROOT / "serve_app" / "protocol" / "management.py").read_text()
     authorize = next(
-        node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.FunctionDef) and node.name == "authorize"
+        node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.FunctionDef) and node.name == "check_token"
     )
     calls = {ast.unparse(node.func) for node in ast.walk(authorize) if isinstance(node, ast.Call)}
     assert "hmac.compare_digest" in calls

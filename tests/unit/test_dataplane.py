@@ -40,9 +40,21 @@ def test_newest_version_answers_by_default(dataplane, columns):
 def test_metadata_describes_raw_inputs(dataplane):
     metadata = dataplane.model_metadata("fraud")
     assert metadata["versions"] == ["1", "2"] and metadata["platform"] == "onnxruntime_onnx"
-    assert {"name": "country", "datatype": "BYTES", "shape": [-1]} in metadata["inputs"]
+    # One value per row is declared [-1, 1], as Triton declares it; [n] and [n, 1] are both taken.
+    assert {"name": "country", "datatype": "BYTES", "shape": [-1, 1]} in metadata["inputs"]
     assert metadata["outputs"] == [{"name": "fraud_probability", "datatype": "FP32", "shape": [-1]}]
     assert dataplane.model_metadata("fraud", "1")["versions"] == ["1"]
+
+
+def test_a_scalar_per_row_is_taken_as_n_and_as_n_by_1(dataplane, columns):
+    flat = infer(dataplane, columns, version="2").outputs["fraud_probability"]
+    request = InferenceRequest(inputs={name: column.reshape(-1, 1) for name, column in columns.items()})
+    response = asyncio.run(dataplane.infer("fraud", "2", request))
+    np.testing.assert_array_equal(response.outputs["fraud_probability"], flat)
+    assert request.inputs["amount"].shape == (4,)  # what the log and the drift monitor see
+    wide = {**columns, "amount": np.stack([columns["amount"]] * 2, axis=1)}
+    with pytest.raises(InvalidInput, match=r"input 'amount' has shape \[4, 2\]"):
+        infer(dataplane, wide)
 
 
 @pytest.mark.parametrize(("name", "version"), [("nope", None), ("fraud", "3"), ("fraud", "x"), ("fraud", "-1")])

@@ -97,9 +97,10 @@ def _args(demo_repository, in_router: list[str]) -> dict:
     }
 
 
-def test_in_router_must_name_a_served_model(demo_repository):
-    with pytest.raises(RepositoryError, match=r"in_router: models \['dense'\] are not among those served"):
-        build_app(_args(demo_repository, ["dense"]))
+def test_in_router_must_name_a_model_of_the_repository(demo_repository):
+    with pytest.raises(RepositoryError, match=r"in_router: models \['dnse'\] are not in the repository"):
+        build_app(_args(demo_repository, ["dnse"]))
+    build_app(_args(demo_repository, ["dense"]))  # in the repository, not served (unloaded, say): fine
 
 
 def test_a_model_that_asks_for_a_gpu_cannot_run_in_the_router(fraud_repository):
