@@ -10,7 +10,7 @@ comma := ,
 EXTRAS := dev,torch,drift$(if $(filter 1,$(CUDA)),$(comma)cuda)
 INSTALLED := $(VENV)/.installed$(if $(filter 1,$(CUDA)),-cuda)
 
-.PHONY: install demo run test check-install soak reliability-report docs audit lock lint format bench bench-env proto clean
+.PHONY: install demo run test check-install soak reliability-report docs audit lock lint format bench bench-env perf-analyzer proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -95,6 +95,11 @@ $(MLSERVER_VENV)/.installed: benchmarks/mlserver-requirements.txt
 	$(PYTHON) -m venv $(MLSERVER_VENV)
 	$(MLSERVER_VENV)/bin/python -m pip install --quiet -r benchmarks/mlserver-requirements.txt
 	touch $@
+
+# Triton's load generator, for benchmarks/triton_perf.py, and Debian's libb64 that it links against.
+perf-analyzer: install
+	ldconfig -p | grep -q libb64.so.0d || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libb64-0d)
+	$(BIN)/python benchmarks/triton_perf.py --install
 
 # wrk, the compiled load generator of the throughput points (Debian's package).
 bench-env: $(MLSERVER_VENV)/.installed

@@ -172,7 +172,7 @@ class Stack:
     """A server in processes of its own: started, asked until it answers, then stopped."""
 
     def __init__(self, name: str, workdir: Path):
-        self.name, self.workdir, self.port = name, workdir, free_port()
+        self.name, self.workdir, self.port, self.grpc_port = name, workdir, free_port(), free_port()
         self.process: subprocess.Popen | None = None
 
     def command(self) -> tuple[list[str], dict]:
@@ -226,7 +226,7 @@ class Stack:
     def _local_config(self) -> Path:
         """configs/local.yaml on this run's repository, storage and ports."""
         config = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
-        config["http_options"]["port"], config["grpc_options"]["port"] = self.port, free_port()
+        config["http_options"]["port"], config["grpc_options"]["port"] = self.port, self.grpc_port
         (application,) = config["applications"]
         storage = self.workdir / f"storage-{len(list(self.workdir.glob('storage-*')))}"
         application["args"].update(repository=str(self.workdir / "repository"), storage_uri=str(storage))
