@@ -117,17 +117,29 @@ def wait_for(condition, http: httpx.Client, timeout_s: float = 60.0) -> dict:
 
 
 def send_until(http: httpx.Client, condition, seed: int, prefix: str, shift: bool = False) -> dict:
-    """Send traffic two windows at a time until the report meets the condition. The split between
-    the versions is salted with a per-experiment secret, so how many rows reach each version (and
-    so how many windows it fills) varies from run to run."""
+    """Send traffic two windows at a time until the report meets the condition, each time once the
+    monitor has taken every row sent. The split between the versions is salted with a
+    per-experiment secret, so how many rows reach each version (and so how many windows it fills)
+    varies from run to run."""
+    seen = taken(report(http))
     for round_ in range(12):
         frame = traffic(2 * WINDOW, seed=seed + round_, shift=shift)
         assert set(send(http, frame, f"{prefix}-{round_}")) == {200}
-        try:
-            return wait_for(condition, http, timeout_s=10.0)
+        seen += len(frame)
+        wait_for(lambda r, seen=seen: taken(r) >= seen and all_windows_checked(r), http)
+        try:  # an alert's delivery follows its window by a moment
+            return wait_for(condition, http, timeout_s=3.0)
         except TimeoutError:
             continue
     return wait_for(condition, http)
+
+
+def taken(current: dict) -> int:
+    return sum(v["rows_seen"] + v["rows_dropped"] for v in current["versions"].values())
+
+
+def all_windows_checked(current: dict) -> bool:
+    return all(v["rows_pending"] < v["window_size"] for v in current["versions"].values())
 
 
 def checked(current: dict) -> int:
