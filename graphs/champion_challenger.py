@@ -21,10 +21,11 @@ from __future__ import annotations
 
 from ray.serve import Application
 
-from graphs.single_model import drift_monitor, resolve_paths, router, statistics_board, version_pipelines
+from graphs.single_model import drift_monitor, resolve_paths, router, version_pipelines
 from serve_app.config import ExperimentGraphArgs, GraphArgs
 from serve_app.deployments.experiment import EXPERIMENTS_DEPLOYMENT, ExperimentDeployment
 from serve_app.deployments.redeploy import config_version
+from serve_app.deployments.statistics import new_statistics_board
 from serve_app.errors import RepositoryError
 from serve_app.repository import ModelRepository
 
@@ -45,7 +46,7 @@ def build_app(args: dict) -> Application:
                 extra.check()
                 served.append(extra)
                 loaded.add((model, version))
-    statistics = statistics_board()
+    statistics = new_statistics_board()
     pipelines = version_pipelines(settings, served, statistics)
     traffic = {model: e.traffic.model_dump() for model, e in settings.experiments.items()}
     experiments = ExperimentDeployment.options(

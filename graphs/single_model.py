@@ -1,5 +1,5 @@
 """Router (HTTP ingress) -> Preprocessor -> Model (@serve.batch), one pipeline per served version,
-a statistics board, and a drift monitor when the args name models under `drift`.
+a statistics board (deployments/statistics.py), and a drift monitor when the args name models under `drift`.
 
 applications:
   - import_path: graphs.single_model:build_app
@@ -18,7 +18,7 @@ from serve_app.deployments.model import ModelDeployment
 from serve_app.deployments.preprocessor import PreprocessorDeployment
 from serve_app.deployments.redeploy import LOAD_WAIT_S, config_version
 from serve_app.deployments.router import Router
-from serve_app.deployments.statistics import STATISTICS_DEPLOYMENT, StatisticsDeployment
+from serve_app.deployments.statistics import new_statistics_board
 from serve_app.drift import feature_schema, load_reference
 from serve_app.errors import RepositoryError
 from serve_app.messages import Pipeline
@@ -30,7 +30,7 @@ DRIFT_DEPLOYMENT = "drift-monitor"
 def build_app(args: dict) -> Application:
     settings = resolve_paths(GraphArgs.model_validate(args))
     served = ModelRepository(settings.repository).check(settings.models, settings.versions)  # fails at start
-    statistics = statistics_board()
+    statistics = new_statistics_board()
     return router(settings).bind(
         settings.model_dump(),
         version_pipelines(settings, served, statistics),
@@ -52,11 +52,6 @@ def router(settings: GraphArgs):
         graceful_shutdown_timeout_s=LOAD_WAIT_S + 30,
         ray_actor_options={"num_cpus": settings.num_cpus_ingress},
     )
-
-
-def statistics_board() -> Application:
-    """The board that routers and model replicas report Triton's statistics to."""
-    return StatisticsDeployment.options(name=STATISTICS_DEPLOYMENT).bind()
 
 
 def resolve_paths(settings: GraphArgs) -> GraphArgs:
@@ -92,7 +87,7 @@ def drift_monitor(settings: GraphArgs, served: list[ModelVersion], experiments: 
     )
 
 
-def version_pipelines(settings: GraphArgs, served: list[ModelVersion], statistics: Application) -> list[Pipeline]:
+def version_pipelines(settings: GraphArgs, served: list[ModelVersion], statistics: str) -> list[Pipeline]:
     """Every served version's pipeline, once in_router is checked; its model replicas report to the
     statistics board."""
     check_in_router(settings, served)
@@ -114,7 +109,7 @@ def check_in_router(settings: GraphArgs, served: list[ModelVersion]) -> None:
             )
 
 
-def version_pipeline(repository: str, version: ModelVersion, settings: GraphArgs, statistics: Application) -> Pipeline:
+def version_pipeline(repository: str, version: ModelVersion, settings: GraphArgs, statistics: str) -> Pipeline:
     """The Preprocessor and Model deployments of one version, named '<model>-v<version>-...'; none
     for a model in_router (the router runs it)."""
     config = version.config

@@ -30,7 +30,7 @@ from serve_app.repository import ModelRepository
 from serve_app.runtime.merging import QueueFull
 from serve_app.scores import row_scores
 from serve_app.shadow.mirror import SHADOW_WINDOW_S, ShadowMirror
-from serve_app.statistics import StatisticsRecorder
+from serve_app.statistics import LocalBoard, StatisticsRecorder
 from serve_app.statistics.recorder import StatisticsClient, report_statistics
 from serve_app.telemetry import RequestStats
 
@@ -129,7 +129,7 @@ class Gateway:
             self.traffic.set_traffic(model, TrafficSettings.model_validate(traffic))
         self.stats = RequestStats()
         self.metrics = metrics
-        self.statistics = statistics
+        self.statistics = statistics if statistics is not None else LocalBoard()
         self.recorder = recorder or StatisticsRecorder("router")
         thresholds = {model: config.decision_threshold for model, config in self.configs.items()}
         self.shadows = ShadowMirror(self.dataplane, self.traffic, self.stats, metrics, thresholds)
@@ -269,8 +269,7 @@ class Gateway:
 
     async def report_statistics(self) -> None:
         """This replica's counters to the application's statistics board, if they changed."""
-        if self.statistics is not None:
-            await report_statistics(self.recorder, self.statistics)
+        await report_statistics(self.recorder, self.statistics)
 
     def merging_endpoints(self) -> list[Endpoint]:
         return [e for e in self.dataplane.endpoints if e.merger is not None]

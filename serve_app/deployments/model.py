@@ -7,12 +7,11 @@ import time
 import numpy as np
 import ray
 from ray import serve
-from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import DynamicBatching
-from serve_app.deployments.handles import DeploymentClient
 from serve_app.deployments.logs import flush_replica_log, replica_logging
 from serve_app.deployments.metrics import ModelMetrics
+from serve_app.deployments.statistics import BoardClient
 from serve_app.errors import InvalidInput
 from serve_app.protocol.tensors import batch_size, check_inputs
 from serve_app.repository import ModelRepository
@@ -33,11 +32,11 @@ class ModelDeployment:
         model: str,
         version: int,
         preprocess: bool = False,
-        statistics: DeploymentHandle | None = None,
+        statistics: str | None = None,
     ):
         """preprocess: predict() takes the raw inputs and runs the version's preprocessor first
         (preprocessing: in_model), instead of a preprocessor replica's tensors; statistics: the
-        application's statistics board, which this replica reports its executions to."""
+        key of the statistics board this replica reports its executions to."""
         replica_logging()
         model_version = ModelRepository(repository).version(model, version)
         self.config, self.version = model_version.config, version
@@ -50,7 +49,7 @@ class ModelDeployment:
         self.gate = IdleGate()
         self.metrics = ModelMetrics(model, version)
         self.recorder = StatisticsRecorder("model")
-        self.statistics = DeploymentClient(statistics) if statistics is not None else None
+        self.statistics = BoardClient(statistics) if statistics is not None else None
         self._reporting: asyncio.Task | None = None
         self.reconfigure(self.config.dynamic_batching.model_dump())  # until user_config says otherwise
         flush_replica_log()

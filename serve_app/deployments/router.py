@@ -16,6 +16,7 @@ from serve_app.deployments.handles import RAY_ERRORS, DeploymentClient, client_e
 from serve_app.deployments.logs import replica_logging
 from serve_app.deployments.metrics import RouterMetrics
 from serve_app.deployments.redeploy import redeploy
+from serve_app.deployments.statistics import BoardClient
 from serve_app.experiments.traffic import ROUTING_KEY_HEADER
 from serve_app.gateway import Gateway
 from serve_app.messages import Pipeline
@@ -51,14 +52,14 @@ class Router:
         drift: DeploymentHandle | None = None,
         app_args: dict | None = None,
         config_version: str | None = None,
-        statistics: DeploymentHandle | None = None,
+        statistics: str | None = None,
     ):
         """pipelines: one per served version;
         experiments: the experiment store, for the models in initial_traffic;
         drift: the drift monitor, for the models in settings.drift;
         app_args: the application's args as the graph builder resolved them, to deploy it again
         changed (load, unload, traffic); config_version: the version of the args it was given, which
-        a change must still find deployed (compare-and-set); statistics: the application's
+        a change must still find deployed (compare-and-set); statistics: the key of this deployment's
         statistics board."""
         replica_logging()
         settings = GraphArgs.model_validate(settings)
@@ -72,7 +73,7 @@ class Router:
             drift=DeploymentClient(drift) if drift is not None else None,
             app_args=app_args,
             extensions=EXTENSIONS,
-            statistics=DeploymentClient(statistics) if statistics is not None else None,
+            statistics=BoardClient(statistics) if statistics is not None else None,
             recorder=recorder,
         )
         self.config_version = config_version

@@ -7,7 +7,6 @@ import asyncio
 
 from serve_app.gateway import ASK_TIMEOUT_S, Gateway
 from serve_app.protocol.model_config import triton_model_config
-from serve_app.statistics import StatisticsBoard
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "statistics"]
 """What server metadata announces: exactly the extensions implemented."""
@@ -32,11 +31,8 @@ class TritonExtensions:
         application's replicas (this replica's latest counts reported first, so they are in)."""
         gateway = self.gateway
         keys = [(e.name, e.version) for e in gateway.dataplane.served(model, version)]
-        if gateway.statistics is None:  # a graph without a board: this process's counts
-            totals = StatisticsBoard.of(gateway.recorder.counters()).totals(keys)
-        else:
-            await gateway.report_statistics()
-            totals = await asyncio.wait_for(gateway.statistics.totals(keys), ASK_TIMEOUT_S)
+        await gateway.report_statistics()
+        totals = await asyncio.wait_for(gateway.statistics.totals(keys), ASK_TIMEOUT_S)
         return {"model_stats": [t.as_triton() for t in totals]}
 
     def repository_index(self, ready_only: bool) -> list[dict]:

@@ -50,9 +50,7 @@ class InProcessEndpoint(Endpoint):
         self.preprocessor = model.preprocessor
         self.runner = runner
         self.metrics = metrics
-        self.recorder = recorder
-        self.rows = 0
-        self.calls = 0
+        self.recorder = recorder if recorder is not None else StatisticsRecorder("router")
         if merge:
             max_rows = model.config.dynamic_batching.max_batch_size
             shed = lambda error: isinstance(error, QueueFull)  # noqa: E731
@@ -67,12 +65,10 @@ class InProcessEndpoint(Endpoint):
         start = time.perf_counter_ns()
         outputs, input_ns, infer_ns = await asyncio.to_thread(self._score, inputs)
         rows = batch_size(inputs)
-        self.rows += rows
-        self.calls += 1
         if self.metrics is not None:
             self.metrics.batch(rows, (time.perf_counter_ns() - start) / 1e6, [])
-        if self.recorder is not None:  # the merger counts the requests' waiting (queue)
-            self.recorder.execution(self.name, self.version, rows, 1, 0, input_ns, infer_ns)
+        # The merger counts the requests' waiting (queue).
+        self.recorder.execution(self.name, self.version, rows, 1, 0, input_ns, infer_ns)
         return outputs
 
     def _score(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int, int]:
@@ -90,10 +86,12 @@ class InProcessEndpoint(Endpoint):
     async def batch_stats(self) -> dict | None:
         """A model replica's BatchStats, counted from the merger's calls."""
         batching = self.config.dynamic_batching.model_dump()
+        counted = self.recorder.counted(self.name, self.version)
+        calls = counted.execution_count
         if self.merger is None:  # a call per request
-            requests, per_call = self.calls, Counter({1: self.calls} if self.calls else {})
+            requests, per_call = calls, Counter({1: calls} if calls else {})
         else:
             requests, per_call = self.merger.stats.requests, self.merger.stats.requests_per_call
             batching["max_batch_size"] = self.merger.max_rows
-        stats = BatchStats(self.rows, requests, self.calls, per_call)
+        stats = BatchStats(counted.executed_rows, requests, calls, per_call)
         return {**stats.as_dict(), **batching}

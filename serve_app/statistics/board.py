@@ -18,13 +18,6 @@ class StatisticsBoard:
     def __init__(self) -> None:
         self._reports: dict[str, StatisticsReport] = {}
 
-    @classmethod
-    def of(cls, counters: list[VersionStatistics]) -> StatisticsBoard:
-        """A board of one process's counters (an application without a board deployment)."""
-        board = cls()
-        board.report(StatisticsReport("this process", 1, counters))
-        return board
-
     def report(self, report: StatisticsReport) -> None:
         """Everything a replica has counted so far, unless the board has a newer report of it."""
         known = self._reports.get(report.reporter)
@@ -42,3 +35,39 @@ class StatisticsBoard:
                         total = total + counters
             totals.append(total)
         return totals
+
+
+class LocalBoard:
+    """A board in this process, as a recorder's StatisticsClient: for a Gateway that is not part of
+    a deployed application (embedded, or in unit tests)."""
+
+    def __init__(self) -> None:
+        self.board = StatisticsBoard()
+
+    async def report(self, report: StatisticsReport) -> None:
+        self.board.report(report)
+
+    async def totals(self, keys: list[Key]) -> list[VersionStatistics]:
+        return self.board.totals(keys)
+
+
+BUILDS_KEPT = 2
+"""Per application: the current deployment's board and the one before it (its replicas drain)."""
+
+
+class StatisticsBoards:
+    """Every application's boards, one per deployment of it (`build`); older builds are dropped."""
+
+    def __init__(self) -> None:
+        self._boards: dict[str, dict[str, StatisticsBoard]] = {}  # per application, oldest build first
+
+    def report(self, app: str, build: str, report: StatisticsReport) -> None:
+        builds = self._boards.setdefault(app, {})
+        if build not in builds:
+            builds[build] = StatisticsBoard()
+            for old in list(builds)[:-BUILDS_KEPT]:
+                del builds[old]
+        builds[build].report(report)
+
+    def totals(self, app: str, build: str, keys: list[Key]) -> list[VersionStatistics]:
+        return self._boards.get(app, {}).get(build, StatisticsBoard()).totals(keys)

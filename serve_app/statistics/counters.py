@@ -94,6 +94,11 @@ class VersionStatistics:
         batch.compute_infer.add(infer_ns)
         batch.compute_output.add(0)
 
+    @property
+    def executed_rows(self) -> int:
+        """Rows the model ran (inference_count counts answered requests' rows, at the router)."""
+        return sum(rows * batch.compute_infer.count for rows, batch in self.batches.items())
+
     def __add__(self, other: VersionStatistics) -> VersionStatistics:
         batches = dict(self.batches)
         for rows, durations in other.batches.items():

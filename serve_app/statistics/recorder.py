@@ -19,7 +19,7 @@ REPORT_TIMEOUT_S = 5.0
 
 
 class StatisticsClient(Protocol):
-    """The application's statistics board (a deployment in production)."""
+    """The board of the application's deployment (an actor in production, deployments/statistics.py)."""
 
     def report(self, report: StatisticsReport) -> Awaitable[Any]: ...
     def totals(self, keys: list[tuple[str, int]]) -> Awaitable[list[VersionStatistics]]: ...
@@ -48,6 +48,10 @@ class StatisticsRecorder:
 
     def execution(self, model: str, version: int, rows: int, calls: int, queue_ns: int, input_ns: int, infer_ns: int):
         self._of(model, version).execution(rows, calls, queue_ns, input_ns, infer_ns)
+
+    def counted(self, model: str, version: int) -> VersionStatistics:
+        """What this process counted for a version so far (zeros if nothing)."""
+        return self._counters.get((model, version)) or VersionStatistics(model, version)
 
     def count_waiting(self, model: str, version: int, waited: Callable[[], Duration]) -> None:
         """A queue that keeps its own count (a router's merger): added to the version's queue in

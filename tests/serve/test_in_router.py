@@ -71,7 +71,7 @@ def _bodies(prefix: str, count: int = BURST) -> list[tuple[dict, dict]]:
 
 def test_no_model_deployments_only_the_routers_and_the_shared_parts(app):
     deployments = serve.status().applications[APP].deployments
-    assert set(deployments) == {"Router", "experiments", "drift-monitor", "statistics"}
+    assert set(deployments) == {"Router", "experiments", "drift-monitor"}
     metadata = httpx.get(f"{app['url']}/v2/models/fraud").json()
     assert metadata["parameters"]["execution_provider"] == "CPUExecutionProvider"
 

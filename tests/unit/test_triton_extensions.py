@@ -17,7 +17,7 @@ from serve_app.protocol.model_config import triton_model_config
 from serve_app.repository import ModelRepository
 from serve_app.runtime import load_runner
 from serve_app.runtime.in_process import InProcessEndpoint
-from serve_app.statistics import Duration, StatisticsBoard, StatisticsRecorder, VersionStatistics
+from serve_app.statistics import Duration, StatisticsBoard, StatisticsBoards, StatisticsRecorder, VersionStatistics
 from serve_app.statistics.recorder import report_statistics
 
 
@@ -175,5 +175,37 @@ def test_an_in_router_model_counts_its_executions_and_the_statistics_answer(vers
 
 
 def test_versions_counters_sum_field_by_field():
-    a, b = VersionStatistics("m", 1, inference_count=2), VersionStatistics("m", 1, execution_count=3)
-    assert (a + b).inference_count == 2 and (a + b).execution_count == 3
+    a, b = VersionStatistics("m", 1), VersionStatistics("m", 1)
+    a.request(rows=3, ok=True, ns=10, now_ms=5)
+    a.execution(rows=3, calls=1, queue_ns=1, input_ns=2, infer_ns=4)
+    b.request(rows=2, ok=False, ns=20, now_ms=9)
+    b.execution(rows=2, calls=2, queue_ns=8, input_ns=16, infer_ns=32)
+    b.execution(rows=3, calls=1, queue_ns=1, input_ns=2, infer_ns=4)
+    total = a + b
+    for name in ("inference_count", "execution_count", "success", "fail", "queue", "compute_input"):
+        assert getattr(total, name) == getattr(a, name) + getattr(b, name), name
+    assert (total.compute_infer, total.compute_output) == (Duration(4, 72), Duration(4, 0))  # per call
+    assert total.last_inference_ms == 5  # the last success: b's request failed
+    assert total.batches[3].compute_infer == Duration(2, 8) and total.batches[2].compute_infer == Duration(1, 32)
+    assert total.executed_rows == 3 + 2 + 3
+    assert a.execution_count == 1 and a.batches[3].compute_infer == Duration(1, 4)  # the operands are unchanged
+
+
+def test_each_deployment_of_an_application_has_its_own_board():
+    def report(rows):
+        recorder = StatisticsRecorder("router")
+        recorder.request("fraud", 1, rows=rows, ok=True, ns=10)
+        return recorder.take_report()
+
+    def rows(app, build):
+        return boards.totals(app, build, [("fraud", 1)])[0].inference_count
+
+    boards = StatisticsBoards()
+    boards.report("app", "build-1", report(1))
+    boards.report("other-app", "build-1", report(2))  # the same key in another application
+    boards.report("app", "build-2", report(4))
+    assert (rows("app", "build-1"), rows("other-app", "build-1"), rows("app", "build-2")) == (1, 2, 4)
+    boards.report("app", "build-3", report(8))
+    assert rows("app", "build-3") == 8 and rows("app", "build-2") == 4  # the one before still drains
+    assert rows("app", "build-1") == 0  # dropped: the application was deployed twice since
+    assert rows("other-app", "build-1") == 2 and rows("nobody", "build-1") == 0
