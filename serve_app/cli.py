@@ -12,8 +12,10 @@ from serve_app.errors import ServeAppError
 
 def _demo_build(args: argparse.Namespace) -> int:
     from serve_app.demo import build_demo_repository
+    from serve_app.ranking.train import build_ranker
 
     metrics = build_demo_repository(args.out, seed=args.seed)
+    metrics["ranker"] = build_ranker(args.out, seed=args.seed)
     if args.wide:
         from serve_app.large_models import build_wide_model
 
@@ -35,6 +37,39 @@ def _repository_check(args: argparse.Namespace) -> int:
         load_runner(version.config, version.model_file, version.precision)  # the graph must match config.yaml
         inputs = ", ".join(f"{s.name}:{s.datatype}" for s in version.input_specs)
         print(f"{version.name} v{version.version} ({version.config.platform}) ok: inputs {inputs}")
+    return 0
+
+
+def _dataset(args: argparse.Namespace) -> int:
+    from serve_app.dataset import build_dataset
+
+    summary = build_dataset(args.storage, args.model, args.since, args.out)
+    print(json.dumps(summary.as_dict(), indent=1))
+    if not summary.labelled_requests:
+        print(f"serve-app: no feedback for model '{args.model}' in the window: the label columns are empty")
+    if summary.skipped_digests:
+        print(f"serve-app: {summary.skipped_digests} requests were logged as digests (log_max_values) and left out")
+    print(f"{summary.rows} rows of {summary.requests} requests written to {args.out}")
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from serve_app.simulate import simulate
+
+    run = simulate(
+        args.scenario,
+        args.url,
+        minutes=args.minutes,
+        max_requests=args.requests,
+        seed=args.seed,
+        storage=args.storage,
+        champion=args.champion,
+        challenger=args.challenger,
+        challenger_weight=args.challenger_weight,
+        warm_requests=args.warm_requests,
+    )
+    if args.json:
+        print(json.dumps({"scenario": run.scenario, "sent": run.sent, **run.found}, default=str))
     return 0
 
 
@@ -167,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="the demo model repository").add_subparsers(dest="action", required=True)
-    build = demo.add_parser("build", help="train the demo fraud model (versions 1 and 2) into a repository")
+    build = demo.add_parser(
+        "build", help="train the demo models (fraud and ranker, versions 1 and 2; echo; dense) into a repository"
+    )
     build.add_argument("--out", default="model_repository", help="repository root to write")
     build.add_argument("--seed", type=int, default=7)
     build.add_argument("--wide", action="store_true", help="also build fraud-wide, a large MLP (quantisation demo)")
@@ -188,6 +225,29 @@ def build_parser() -> argparse.ArgumentParser:
     shadow.add_argument("--out", default="shadow_report.html")
     shadow.add_argument("--repository", default="model_repository", help="where the model's decision_threshold is")
     shadow.set_defaults(run=_shadow_report)
+    dataset = commands.add_parser("dataset", help="a training set: served rows joined with their feedback")
+    dataset.add_argument("--model", required=True)
+    dataset.add_argument("--since", default="90d", help="a window (90d, 12h, 30m) or an ISO date (default: 90d)")
+    dataset.add_argument("--out", required=True, help="the Parquet file to write: a path or any pyarrow.fs URI")
+    dataset.add_argument(
+        "--storage", default="serve_app_storage", help="the serve config's storage_uri (default: serve_app_storage)"
+    )
+    dataset.set_defaults(run=_dataset)
+    from serve_app.simulate import SCENARIOS
+
+    simulate = commands.add_parser("simulate", help="live a story (shadow, challenger, drift) against a server")
+    simulate.add_argument("--scenario", required=True, choices=SCENARIOS)
+    simulate.add_argument("--url", default="http://127.0.0.1:8000")
+    simulate.add_argument("--minutes", type=float, default=10.0, help="the longest it runs (default: 10)")
+    simulate.add_argument("--requests", type=int, default=2_000, help="the most requests it sends (default: 2000)")
+    simulate.add_argument("--seed", type=int, default=11)
+    simulate.add_argument("--storage", default="serve_app_storage", help="shadow: the server's storage_uri")
+    simulate.add_argument("--champion", type=int, default=1, help="shadow, challenger: the version that answers")
+    simulate.add_argument("--challenger", type=int, default=2, help="the new version: the shadow, or the challenger")
+    simulate.add_argument("--challenger-weight", type=float, default=0.5, help="challenger: its share of users")
+    simulate.add_argument("--warm-requests", type=int, default=100, help="drift: requests before the shift")
+    simulate.add_argument("--json", action="store_true", help="also print what was found as one JSON line")
+    simulate.set_defaults(run=_simulate)
     models = commands.add_parser("models", help="models and versions").add_subparsers(dest="action", required=True)
     listing = models.add_parser("list", help="every version in the repository, and whether a server serves it")
     listing.add_argument("--repository", default="model_repository")

@@ -123,6 +123,17 @@ class RuntimeOptions(Strict):
     """Run one batch of zeros at load so the first client request is not the slow one."""
 
 
+class Ranking(Strict):
+    """A ranker: each request is one query and its rows are the candidates; the answer adds the ids
+    of the best `top_k` candidates, best first, ranked by the first output's score."""
+
+    candidates: str
+    """The input (a raw column the client sends) that names each row's candidate."""
+    top_k: int = Field(10, ge=1)
+    output: str = Field("top_k", pattern=NAME_PATTERN)
+    """The added output: the request's best candidate ids, shape [min(top_k, rows)]."""
+
+
 class ModelConfig(Strict):
     """<repository>/<model>/config.yaml, laid out after Triton's model configuration."""
 
@@ -143,6 +154,7 @@ class ModelConfig(Strict):
     instances: Instances = Instances()
     version_policy: VersionPolicy = VersionPolicy(latest=1)
     runtime: RuntimeOptions = RuntimeOptions()
+    ranking: Ranking | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:

@@ -165,7 +165,8 @@ def check_version(version: ModelVersion) -> dict:
     if preprocessor is not None:
         model_input = version.config.inputs[0]
         produced = preprocessor.output_spec
-        if [produced.name, produced.dims[1:]] != [model_input.name, model_input.dims[1:]]:
+        # A variable width ([-1, -1]) takes any preprocessor's, as the repository's check does.
+        if produced.name != model_input.name or model_input.dims[1:] not in ([-1], produced.dims[1:]):
             raise InvalidInput(
                 f"the preprocessor makes '{produced.name}' {produced.dims} but the model takes "
                 f"'{model_input.name}' {model_input.dims}"

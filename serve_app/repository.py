@@ -104,6 +104,16 @@ class ModelVersion:
     def check(self) -> None:
         """Everything that can be checked without loading a runtime."""
         _ = self.model_file
+        ranking, config_file = self.config.ranking, self.path.parent / "config.yaml"
+        if ranking is not None:
+            raw = {s.name: s for s in self.input_specs}
+            if ranking.candidates not in raw or not raw[ranking.candidates].one_value_per_row:
+                raise RepositoryError(
+                    f"{config_file}: field 'ranking.candidates': '{ranking.candidates}' is not an input of one "
+                    f"value per row (the inputs are {sorted(raw)})"
+                )
+            if ranking.output in {s.name for s in self.config.outputs}:
+                raise RepositoryError(f"{config_file}: field 'ranking.output': '{ranking.output}' is already an output")
         if self.preprocessor is None:
             return
         produced = self.preprocessor.output_spec

@@ -21,6 +21,7 @@ from graphs.champion_challenger import build_app
 from serve_app.config import RAY_SERVE_ENV, haproxy_side_ports_env
 from serve_app.demo import build_demo_repository
 from serve_app.protocol.generated.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+from serve_app.ranking.train import build_ranker
 from serve_app.runtime.devices import cuda_device_count
 from tests.reliability_table import pytest_runtest_makereport, pytest_sessionfinish, reliability  # noqa: F401
 
@@ -37,6 +38,7 @@ def demo_repository(tmp_path_factory) -> Path:
     """The demo repository, built once per test session by the project's own code."""
     root = tmp_path_factory.mktemp("model_repository")
     build_demo_repository(root)
+    build_ranker(root)
     return root
 
 
@@ -105,10 +107,15 @@ def ray_cluster() -> Cluster:
 def app_args(demo_repository, tmp_path_factory) -> dict:
     """The args of configs/local.yaml, pointed at the test's demo repository and storage, with its
     models on replicas of their own behind one router (production.yaml's layout, which most tests
-    reach into through the model deployments; tests/serve/test_in_router.py serves local.yaml's)."""
+    reach into through the model deployments; tests/serve/test_in_router.py serves local.yaml's).
+    The ranker's stories have an application of their own (tests/e2e/test_stories.py)."""
     application = yaml.safe_load(LOCAL_CONFIG.read_text())["applications"][0]
+    args = application["args"]
     return {
-        **application["args"],
+        **args,
+        "models": [m for m in args["models"] if m != "ranker"],
+        "experiments": {m: e for m, e in args["experiments"].items() if m != "ranker"},
+        "drift": {m: d for m, d in args["drift"].items() if m != "ranker"},
         "in_router": [],
         "num_replicas_ingress": 1,
         "repository": str(demo_repository),

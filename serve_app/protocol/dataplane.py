@@ -17,6 +17,7 @@ from serve_app.config import TensorSpec
 from serve_app.errors import DeadlineExceeded, InvalidInput, ModelNotFound
 from serve_app.protocol.messages import InferenceRequest, InferenceResponse
 from serve_app.protocol.tensors import check_inputs, conform_scalar_columns, declared_dims
+from serve_app.ranking import top_candidates
 from serve_app.repository import ModelVersion
 from serve_app.runtime import Runner
 from serve_app.runtime.merging import RequestMerger
@@ -37,6 +38,10 @@ class Endpoint(ABC):
         self.max_batch_size = model.config.max_batch_size
         self.input_specs: list[TensorSpec] = model.input_specs
         self.output_specs: list[TensorSpec] = list(model.config.outputs)
+        self.ranking = model.config.ranking
+        if self.ranking is not None:
+            candidates = next(s for s in self.input_specs if s.name == self.ranking.candidates)
+            self.output_specs.append(TensorSpec(name=self.ranking.output, datatype=candidates.datatype, dims=[-1]))
         self.precision = model.precision
 
     @abstractmethod
@@ -135,7 +140,11 @@ class DataPlane:
         except Exception:  # a replica that cannot answer in time is simply not ready
             return False
 
-    async def infer(self, name: str, version: str | None, request: InferenceRequest) -> InferenceResponse:
+    async def infer(
+        self, name: str, version: str | None, request: InferenceRequest, merged: bool = False
+    ) -> InferenceResponse:
+        """merged: the request holds several clients' rows (a shadow's batch): the request-level
+        outputs (a ranker's top_k) are left to `ranked`, per client request, after the split."""
         endpoint = self.endpoint(name, version)
         request.inputs = conform_scalar_columns(request.inputs, endpoint.input_specs)
         check_inputs(request.inputs, endpoint.input_specs, endpoint.max_batch_size)
@@ -144,6 +153,8 @@ class DataPlane:
             outputs = await asyncio.wait_for(endpoint.infer(request.inputs), timeout_s)
         except asyncio.TimeoutError:
             raise DeadlineExceeded(f"the request's timeout of {timeout_s * 1000:g} ms ran out") from None
+        if not merged:
+            outputs = self.ranked(endpoint, request.inputs, outputs)
         if request.requested_outputs is not None:
             unknown = [o for o in request.requested_outputs if o not in outputs]
             if unknown:
@@ -152,6 +163,13 @@ class DataPlane:
         return InferenceResponse(
             model_name=endpoint.name, model_version=str(endpoint.version), outputs=outputs, id=request.id
         )
+
+    @staticmethod
+    def ranked(endpoint: Endpoint, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> dict:
+        """A ranker's answer with its top candidates added (request-level: one client's rows only)."""
+        if endpoint.ranking is None:
+            return outputs
+        return {**outputs, endpoint.ranking.output: top_candidates(endpoint.ranking, inputs, outputs)}
 
 
 def _timeout_s(parameters: dict) -> float | None:

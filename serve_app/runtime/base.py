@@ -38,11 +38,17 @@ class Runner(ABC):
         parts = [self._run({k: v[i : i + step] for k, v in inputs.items()}) for i in range(0, rows, step)]
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
+    def graph_dims(self, name: str) -> list[int | None] | None:
+        """An input's dims as the model file declares them (None: variable), if the runtime tells."""
+        return None
+
     def warm_up(self) -> None:
-        zeros = {
-            spec.name: np.zeros([1 if d == -1 else d for d in spec.dims], dtype=NUMPY_DTYPES[spec.datatype])
-            for spec in self.config.inputs
-        }
+        """One row of zeros; a dimension the config leaves variable takes the model file's size."""
+        zeros = {}
+        for spec in self.config.inputs:
+            graph = self.graph_dims(spec.name) or [None] * len(spec.dims)
+            dims = [d if d != -1 else (g if isinstance(g, int) and g > 0 else 1) for d, g in zip(spec.dims, graph)]
+            zeros[spec.name] = np.zeros(dims, dtype=NUMPY_DTYPES[spec.datatype])
         self.predict(zeros)
 
     def describe(self) -> dict:

@@ -136,6 +136,10 @@ class OnnxRunner(Runner):
         if config.runtime.warmup:
             self.warm_up()
 
+    def graph_dims(self, name: str) -> list[int | None] | None:
+        declared = next((i.shape for i in self.session.get_inputs() if i.name == name), None)
+        return None if declared is None else [d if isinstance(d, int) else None for d in declared]
+
     def _check_signature(self, model_file: Path) -> None:
         """The config must describe the graph: a mismatch fails at load, naming the field."""
         for field, declared, actual in (

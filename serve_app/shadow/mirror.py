@@ -98,7 +98,8 @@ class ShadowMirror:
     async def _shadow(self, model: str, version: int, mirrored: Mirrored) -> None:
         """One call per chunk of mirrored requests (as many rows as the version takes)."""
         try:
-            max_rows = self.dataplane.endpoint(model, str(version)).max_batch_size
+            endpoint = self.dataplane.endpoint(model, str(version))
+            max_rows = endpoint.max_batch_size
         except Exception as error:
             self._failed(model, version, mirrored, time.perf_counter(), error)
             return
@@ -106,8 +107,9 @@ class ShadowMirror:
             start = time.perf_counter()
             try:
                 merged, rows = merge_rows([request.inputs for request, _ in chunk])
-                call = self.dataplane.infer(model, str(version), InferenceRequest(inputs=merged))
+                call = self.dataplane.infer(model, str(version), InferenceRequest(inputs=merged), merged=True)
                 outputs = split_rows((await asyncio.wait_for(call, SHADOW_TIMEOUT_S)).outputs, rows)
+                outputs = [self.dataplane.ranked(endpoint, r.inputs, o) for (r, _), o in zip(chunk, outputs)]
             except Exception as error:
                 self._failed(model, version, chunk, start, error)
                 continue

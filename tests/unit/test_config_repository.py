@@ -47,7 +47,7 @@ def test_version_policy_needs_one_rule():
 
 def test_demo_repository_serves_both_versions(demo_repository):
     repo = ModelRepository(demo_repository)
-    assert repo.model_names() == ["dense", "echo", "fraud"]
+    assert repo.model_names() == ["dense", "echo", "fraud", "ranker"]
     served = repo.served_versions("fraud")
     assert [v.version for v in served] == [1, 2]
     assert [s.name for s in served[0].input_specs][:2] == ["amount", "hour"]
