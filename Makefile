@@ -10,7 +10,7 @@ comma := ,
 EXTRAS := dev,torch,drift$(if $(filter 1,$(CUDA)),$(comma)cuda)
 INSTALLED := $(VENV)/.installed$(if $(filter 1,$(CUDA)),-cuda)
 
-.PHONY: install demo run test check-install soak reliability-report docs audit lock lint format bench bench-env perf-analyzer proto clean
+.PHONY: install demo run test test-stories check-install soak reliability-report docs audit lock lint format bench bench-env perf-analyzer proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,9 +39,13 @@ RAY_SERVE_ENV := RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 RA
 run: install demo
 	$(RAY_SERVE_ENV) $(BIN)/serve run configs/local.yaml
 
-# The install checks (pytest marker `install`) are left to make check-install.
+# The install checks (pytest marker `install`) are left to make check-install, the stories to make test-stories.
 test: install
-	$(BIN)/python -m pytest -m 'not install' --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m 'not install and not stories' --durations=15 $(PYTEST_ARGS)
+
+# The seed's stories (shadow, challenger, drift) played end to end by `serve-app simulate`: a session of their own.
+test-stories: install
+	$(BIN)/python -m pytest -m stories --durations=5 tests/e2e/test_stories.py $(PYTEST_ARGS)
 
 # A user's install: requirements.lock resolved from the public index alone for Python 3.10-3.12
 # (tests/install/test_lock.py), and the project without extras in a fresh virtual environment of
