@@ -28,7 +28,15 @@ BATCH_CONFIGS = sorted((ROOT / "configs" / "batch").glob("*.yaml"))
 def serve_config(demo_repository, tmp_path_factory) -> Path:
     """configs/local.yaml pointed at the test's demo repository."""
     document = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
-    document["applications"][0]["args"]["repository"] = str(demo_repository)
+    args = document["applications"][0]["args"]
+    args["repository"] = str(demo_repository)
+    # The job scores the fraud model; local.yaml also serves the ranker (a model of its own inputs).
+    args["models"] = [m for m in args["models"] if m != "ranker"]
+    for section in (
+        "experiments",
+        "drift",
+    ):
+        args[section] = {m: s for m, s in args[section].items() if m != "ranker"}
     path = tmp_path_factory.mktemp("config") / "serve.yaml"
     path.write_text(yaml.safe_dump(document))
     return path
