@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -13,12 +12,6 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def result_header(benchmark: str) -> dict:
@@ -109,6 +102,8 @@ def start_serve() -> int:
     """A local Ray cluster with Serve's HTTP proxy on a free loopback port; returns the port."""
     import ray
     from ray import serve
+
+    from serve_app.config import free_port
 
     port = free_port()
     ray.init(include_dashboard=False, log_to_driver=False)

@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 import ray
-from common import free_port, result_header, write_result
+from common import result_header, write_result
 from ray import serve
 
 from graphs.single_model import build_app
+from serve_app.config import free_port
 from serve_app.demo import build_demo_repository, request_columns, synthetic_transactions
 from serve_app.protocol.dataplane import LocalEndpoint
 from serve_app.protocol.rest import request_body

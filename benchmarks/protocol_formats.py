@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import ray
 import yaml
-from common import free_port, result_header, write_result
+from common import result_header, write_result
 from ray import serve
 
 from graphs.single_model import build_app
+from serve_app.config import free_port
 from serve_app.demo import build_demo_repository
 from serve_app.protocol import grpc_codec
 from serve_app.protocol.generated import grpc_predict_v2_pb2 as pb

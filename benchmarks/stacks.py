@@ -50,9 +50,9 @@ import httpx
 import numpy as np
 import psutil
 import yaml
-from common import HERE, RESULTS, drive, free_port, result_header, write_result
+from common import HERE, RESULTS, drive, result_header, write_result
 
-from serve_app.config import RAY_SERVE_ENV, haproxy_side_ports_env
+from serve_app.config import RAY_SERVE_ENV, free_port, haproxy_side_ports_env
 from serve_app.demo import build_demo_repository, request_columns, synthetic_transactions
 from serve_app.large_models import BIG_DIMS, build_ffn_model
 from serve_app.protocol.raw import tensor_to_raw

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import socket
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -57,6 +59,28 @@ the requests per second of Serve's Python proxy (docs/speed.md). HAProxy's serve
 the proxy's request_timeout_s. A stopping Router drains 5 s, not Ray's 30 s (meant for a cloud load
 balancer; here Ray reconfigures HAProxy as the replica stops). The Routers' gRPC ports stay below
 Linux's ephemeral range (32768-60999), where replica-to-replica gRPC servers take OS-assigned ports."""
+
+
+_PORTS_HANDED_OUT: set[int] = set()
+
+
+def free_port() -> int:
+    """A free loopback port for a listener of one more Ray cluster on this machine (tests,
+    benchmarks). Drawn from 20000-29999, between Ray's worker ports (10002-19999) and its direct
+    ingress ports (30000-32500) and below Linux's ephemeral range: Ray's processes bind port 0 after
+    this is picked and before the listener binds it, and would otherwise take it meanwhile."""
+    for _ in range(1000):
+        port = random.randrange(20000, 30000)
+        if port in _PORTS_HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _PORTS_HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free port in 20000-29999")
 
 
 def haproxy_side_ports_env(stats_port: int, metrics_port: int) -> dict[str, str]:

@@ -136,7 +136,8 @@ class Gateway:
         self.drift = drift
         watched = settings.drift if drift is not None else {}
         columns = {m: drift_columns(endpoints, m, s.features) for m, s in watched.items()}
-        self.drift_feed = DriftFeed(watched, columns)
+        rankers = {model for model, config in self.configs.items() if config.ranking is not None}
+        self.drift_feed = DriftFeed(watched, columns, one_row_per_request=rankers)
         self.drift_failures = 0
         self._loops: list[asyncio.Task] = []
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import yaml
 from ray import serve
 
 from graphs.champion_challenger import build_app
-from serve_app.config import RAY_SERVE_ENV, haproxy_side_ports_env
+from serve_app.config import RAY_SERVE_ENV, free_port, haproxy_side_ports_env
 from serve_app.demo import build_demo_repository
 from serve_app.protocol.generated.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 from serve_app.ranking.train import build_ranker
@@ -50,12 +49,6 @@ def fraud_repository(demo_repository, tmp_path) -> Path:
     return root
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass(frozen=True)
 class Cluster:
     http_url: str
@@ -71,9 +64,9 @@ class Cluster:
 @pytest.fixture(scope="session")
 def ray_cluster() -> Cluster:
     # Before Ray starts: every process it starts inherits them.
-    for key, value in {**RAY_SERVE_ENV, **haproxy_side_ports_env(_free_port(), _free_port())}.items():
+    for key, value in {**RAY_SERVE_ENV, **haproxy_side_ports_env(free_port(), free_port())}.items():
         os.environ.setdefault(key, value)
-    dashboard_port, metrics_port = _free_port(), _free_port()
+    dashboard_port, metrics_port = free_port(), free_port()
     # More logical CPUs than cores: replicas mostly wait, and CI has two cores. One logical GPU
     # where there is none: Ray assigns it to a replica as it would a real one (its id, its
     # CUDA_VISIBLE_DEVICES), so placement by what Ray gave is tested (tests/serve/test_gpu_placement.py).
@@ -88,7 +81,7 @@ def ray_cluster() -> Cluster:
         runtime_env={"env_vars": {"SERVE_APP_ADMIN_TOKEN": ADMIN_TOKEN}},
     )
     config = yaml.safe_load(LOCAL_CONFIG.read_text())
-    http_port, grpc_port = _free_port(), _free_port()
+    http_port, grpc_port = free_port(), free_port()
     serve.start(
         http_options={"host": "127.0.0.1", "port": http_port},
         grpc_options={**config["grpc_options"], "port": grpc_port},

@@ -28,10 +28,9 @@ from ray import serve
 from starlette.requests import Request
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import free_port
 from plain import PlainScorer
 
-from serve_app.config import RAY_SERVE_ENV, haproxy_side_ports_env
+from serve_app.config import RAY_SERVE_ENV, free_port, haproxy_side_ports_env
 
 SERVED = {"fraud": 2, "ffn": 1}
 

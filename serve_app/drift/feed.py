@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 
@@ -19,11 +19,19 @@ class DriftFeed:
     path; beyond max_buffered_rows per model, rows are dropped and counted, never waited for."""
 
     def __init__(
-        self, settings: Mapping[str, DriftSettings], columns: Mapping[str, list[str]], seed: int | None = None
+        self,
+        settings: Mapping[str, DriftSettings],
+        columns: Mapping[str, list[str]],
+        seed: int | None = None,
+        one_row_per_request: Collection[str] = (),
     ):
-        """columns: per model, the inputs to keep (one value per row); the rest of a request is not copied."""
+        """columns: per model, the inputs to keep (one value per row); the rest of a request is not copied.
+        one_row_per_request: models whose request is one query and its rows the candidates (rankers).
+        A query's rows share its features, so they are not independent draws, and a window of them
+        would find drift in ordinary traffic: one row of each request, drawn at random, is kept."""
         self.settings = dict(settings)
         self.columns = dict(columns)
+        self.one_row_per_request = frozenset(one_row_per_request)
         self._pending: dict[tuple[str, int], list] = defaultdict(list)
         self._rows: dict[str, int] = defaultdict(int)
         self.dropped: dict[tuple[str, int], int] = defaultdict(int)
@@ -36,13 +44,17 @@ class DriftFeed:
         if settings is None or (settings.sample_rate < 1.0 and self._random.random() >= settings.sample_rate):
             return
         rows = len(next(iter(inputs.values())))
-        if self._rows[model] + rows > settings.max_buffered_rows:
-            self.dropped[(model, version)] += rows
-            return
         scores = row_scores(outputs, rows)
         kept = {name: inputs[name].reshape(rows) for name in self.columns[model] if inputs[name].size == rows}
         if scores is None or len(kept) != len(self.columns[model]):
             return  # no score, or inputs not one value per row: nothing a detector can take
+        if model in self.one_row_per_request and rows > 1:
+            pick = self._random.randrange(rows)
+            kept = {name: column[pick : pick + 1] for name, column in kept.items()}
+            scores, rows = scores[pick : pick + 1], 1
+        if self._rows[model] + rows > settings.max_buffered_rows:
+            self.dropped[(model, version)] += rows
+            return
         self._pending[(model, version)].append((arm, kept, scores))
         self._rows[model] += rows
 

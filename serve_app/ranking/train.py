@@ -26,6 +26,8 @@ from serve_app.shadow.report import ndcg_at_k
 Layers = list[tuple[np.ndarray, np.ndarray]]
 ARCHITECTURES = {"linear": "logistic regression", "mlp": "MLP 32-16 (ReLU)"}
 VALIDATION_REQUESTS = 2_000
+REFERENCE_REQUESTS = 2_000
+"""Requests behind a drift reference: one row of each, so its rows are independent."""
 
 
 def fit_layers(x: np.ndarray, y: np.ndarray, kind: str, seed: int) -> Layers:
@@ -100,7 +102,7 @@ def build_ranker(repository: str | Path, seed: int = 7, train_requests: int = 2_
     preprocessor = fit_preprocessor(train)
     x, y = preprocessor.transform_frame(train), train[world.LABEL].to_numpy()
     requests, relevance = validation_set(catalogue, seed + 20)
-    reference = world.requests(100, catalogue, seed + 30)
+    reference = world.one_row_per_request(world.requests(REFERENCE_REQUESTS, catalogue, seed + 30), "request", seed)
     metrics = {"metric": "validation_ndcg@10", "validation_requests": VALIDATION_REQUESTS}
     for version, kind in ((1, "linear"), (2, "mlp")):
         layers = fit_layers(x, y, kind, seed)
@@ -123,5 +125,6 @@ def train_next(data: pd.DataFrame, folder: Path, seed: int = 7) -> dict:
     preprocessor = fit_preprocessor(labelled)
     clicked = labelled["row_label"].astype(bool).to_numpy()
     layers = fit_layers(preprocessor.transform_frame(labelled), clicked, "mlp", seed)
-    write_artefacts(folder, preprocessor, layers, labelled.head(2_000), f"{world.MODEL_NAME}: retrained on served rows")
+    reference = world.one_row_per_request(labelled, "request_id", seed, REFERENCE_REQUESTS)
+    write_artefacts(folder, preprocessor, layers, reference, f"{world.MODEL_NAME}: retrained on served rows")
     return {"rows": len(labelled), "clicks": int(clicked.sum())}

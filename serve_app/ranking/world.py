@@ -103,6 +103,13 @@ def requests(count: int, catalogue: Catalogue, seed: int, shifted: bool = False)
     return frame
 
 
+def one_row_per_request(frame: pd.DataFrame, by: str, seed: int, limit: int | None = None) -> pd.DataFrame:
+    """One row of each request (of the first `limit`), drawn at random: a drift reference of
+    independent rows, as the drift monitor takes one candidate of each ranked request."""
+    rows = frame.groupby(by, sort=False).sample(n=1, random_state=seed)
+    return rows.head(limit) if limit is not None else rows
+
+
 def impressions(count: int, catalogue: Catalogue, seed: int, shifted: bool = False) -> pd.DataFrame:
     """Training data: requests whose every candidate was shown, with a click drawn from the truth."""
     frame = requests(count, catalogue, seed, shifted)

@@ -31,12 +31,11 @@ import psutil
 import pytest
 import yaml
 
-from serve_app.config import RAY_SERVE_ENV, haproxy_side_ports_env
+from serve_app.config import RAY_SERVE_ENV, free_port, haproxy_side_ports_env
 from serve_app.demo import request_columns, synthetic_transactions
 from serve_app.features import Preprocessor
 from serve_app.large_models import dense_layers
 from serve_app.protocol.rest import request_body
-from tests.conftest import _free_port
 from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.install, pytest.mark.timeout(1800)]
@@ -171,7 +170,7 @@ def served(lean, repository, tmp_path_factory) -> Served:
     environment's `serve run` in a Ray cluster of its own, once /v2/health/ready says so."""
     work = tmp_path_factory.mktemp("serve")
     config = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
-    http_port, grpc_port = _free_port(), _free_port()
+    http_port, grpc_port = free_port(), free_port()
     config["http_options"]["port"], config["grpc_options"]["port"] = http_port, grpc_port
     (application,) = config["applications"]
     application["args"].update(repository=str(repository), storage_uri=str(work / "storage"))
@@ -179,7 +178,7 @@ def served(lean, repository, tmp_path_factory) -> Served:
     # A Ray temp dir of its own (short: Ray's socket paths must fit 107 bytes), and RAY_ADDRESS=local:
     # ray.init in serve run starts a new cluster, never attaching to another one on this machine.
     ray_temp = Path(tempfile.mkdtemp(prefix="ray-lean-", dir="/tmp"))
-    ray_env = {**RAY_SERVE_ENV, **haproxy_side_ports_env(_free_port(), _free_port())}
+    ray_env = {**RAY_SERVE_ENV, **haproxy_side_ports_env(free_port(), free_port())}
     env = environment(lean, RAY_ADDRESS="local", RAY_TMPDIR=str(ray_temp), RAY_USAGE_STATS_ENABLED="0", **ray_env)
     url = f"http://127.0.0.1:{http_port}"
 

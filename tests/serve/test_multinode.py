@@ -20,16 +20,16 @@ import httpx
 import pytest
 import yaml
 
-from serve_app.config import haproxy_side_ports_env
+from serve_app.config import free_port, haproxy_side_ports_env
 from serve_app.demo import request_columns, synthetic_transactions
 from serve_app.protocol.rest import request_body
-from tests.conftest import LOCAL_CONFIG, _free_port
+from tests.conftest import LOCAL_CONFIG
 from tests.helpers import Traffic
 
 BIN = Path(sys.executable).parent
 BODY = request_body(request_columns(synthetic_transactions(1, seed=91)))
 START_TIMEOUT_S = 180
-HAPROXY_SIDE_PORTS = haproxy_side_ports_env(_free_port(), _free_port())
+HAPROXY_SIDE_PORTS = haproxy_side_ports_env(free_port(), free_port())
 """This cluster's HAProxy beside the session's."""
 
 
@@ -43,7 +43,7 @@ def _start_node(args: list[str], log: Path) -> subprocess.Popen:
     """`ray start --block`: stopping this process stops the node's processes (never `ray stop`,
     which would stop every Ray node on the machine, the test session's too)."""
     env = _env()
-    ports = ["--dashboard-agent-listen-port", str(_free_port())]  # the session's node holds the default
+    ports = ["--dashboard-agent-listen-port", str(free_port())]  # the session's node holds the default
     return subprocess.Popen(
         [str(BIN / "ray"), "start", "--block", "--disable-usage-stats", "--num-cpus=4", *ports, *args],
         env=env,
@@ -84,7 +84,7 @@ def _wait_for(condition, what: str, timeout_s: float = START_TIMEOUT_S):
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     folder = tmp_path_factory.mktemp("two-nodes")
-    gcs, dashboard = _free_port(), _free_port()
+    gcs, dashboard = free_port(), free_port()
     # Its own temp dir: the address file `ray start` leaves there must not send a later ray.init() here.
     temp_dir = Path(tempfile.mkdtemp(prefix="ray2-"))
     head = _start_node(
@@ -93,7 +93,7 @@ def cluster(tmp_path_factory):
             f"--port={gcs}",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}",
-            f"--ray-client-server-port={_free_port()}",
+            f"--ray-client-server-port={free_port()}",
             f"--temp-dir={temp_dir}",
         ],
         folder / "head.log",
@@ -185,7 +185,7 @@ def _replicas(cluster: dict) -> dict[str, list[dict]]:
 
 
 def test_serve_deploy_on_two_nodes_then_a_live_change_under_traffic(cluster, demo_repository, tmp_path):
-    http_port, grpc_port = _free_port(), _free_port()
+    http_port, grpc_port = free_port(), free_port()
     url = f"http://127.0.0.1:{http_port}"
     storage = tmp_path / "storage"
     _deploy(cluster, _config(demo_repository, storage, http_port, grpc_port, weight=0.05, batch=32))

@@ -34,6 +34,7 @@ from serve_app.drift.detectors import feature_flags
 from serve_app.drift.schema import reference_scores
 from serve_app.errors import RepositoryError
 from serve_app.messages import DriftBatch
+from serve_app.ranking import world
 from serve_app.repository import ModelRepository
 
 NOTEBOOK = Path(__file__).parents[2] / "notebooks" / "drift_analysis.ipynb"
@@ -412,3 +413,37 @@ def test_the_history_is_written_while_the_state_cannot_be(fraud_v1, tmp_path, mo
     history = drift_history(str(tmp_path), "fraud")
     row.measured["history rows written"] = str(len(history))
     assert len(history) > 0 and set(history["kind"]) == {"feature", "prediction"}
+
+
+def test_a_rankers_ordinary_requests_stay_within_p_val_and_the_new_platform_drifts(demo_repository):
+    """A ranked request's candidates share its user, so its rows are not independent draws: the feed
+    keeps one candidate of each request. Fed every row instead, ordinary traffic drifts in most windows."""
+    ranker = ModelRepository(demo_repository).version(world.MODEL_NAME, 1)
+    columns = [*world.USER_COLUMNS, *world.ITEM_COLUMNS]
+    catalogue = world.Catalogue.of(world.CATALOGUE_SEED)
+    windows, window = 60, 200
+
+    def alarms(one_row_per_request: bool, seed: int, shifted: bool = False) -> tuple[float, float]:
+        settings = DriftSettings(window_size=window, history_size=windows)
+        monitor = DriftMonitor({world.MODEL_NAME: settings}, [ranker], None)
+        monitor.load_detectors()
+        rankers = {world.MODEL_NAME} if one_row_per_request else set()
+        feed = DriftFeed({world.MODEL_NAME: settings}, {world.MODEL_NAME: columns}, seed, rankers)
+        requests = windows * window if one_row_per_request else windows * window // world.CANDIDATES
+        frame = world.requests(requests, catalogue, seed, shifted)
+        scores = reference_scores(ranker, frame)
+        for number, rows in enumerate(frame.groupby("request").indices.values(), start=1):
+            inputs = {column: frame[column].to_numpy()[rows] for column in columns}
+            feed.add(world.MODEL_NAME, 1, "champion", inputs, {"score": scores[rows]})
+            if number % (10 * window) == 0 or number == requests:
+                monitor.observe(feed.take())
+                monitor.check()
+        state = monitor.states[(world.MODEL_NAME, 1)]
+        assert state.windows_checked == windows
+        return tuple(np.mean([w[kind] for w in state.history]) for kind in ("data_drift", "prediction_drift"))
+
+    data, prediction = alarms(one_row_per_request=True, seed=11)
+    # p_val 0.05 per test; the binomial spread over 60 windows is about 0.03.
+    assert data <= 0.05 + 0.06 and prediction <= 0.05 + 0.06, (data, prediction)
+    assert alarms(one_row_per_request=False, seed=12)[0] > 0.5  # every candidate: the user counted 20 times
+    assert alarms(one_row_per_request=True, seed=13, shifted=True)[0] == 1.0
