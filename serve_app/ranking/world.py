@@ -61,6 +61,15 @@ class Catalogue:
             popularity=(1.0 / (1.0 + np.exp(-(quality + rng.normal(0.0, 0.5, ITEMS))))).astype(np.float32),
         )
 
+    def items(self, chosen: np.ndarray) -> dict[str, np.ndarray]:
+        """The item columns of the chosen items (indices into the catalogue)."""
+        return {
+            "item_id": self.ids[chosen],
+            "item_category": self.categories[chosen],
+            "item_price": self.prices[chosen],
+            "item_popularity": self.popularity[chosen],
+        }
+
 
 def click_logit(frame: pd.DataFrame, catalogue: Catalogue, shifted: bool = False) -> np.ndarray:
     """The ground truth: each row's log-odds of a click when the item is shown to the user."""
@@ -96,11 +105,16 @@ def requests(count: int, catalogue: Catalogue, seed: int, shifted: bool = False)
     chosen = np.stack([rng.choice(ITEMS, CANDIDATES, replace=False) for _ in range(count)]).ravel()
     frame = people.loc[np.repeat(np.arange(count), CANDIDATES)].reset_index(drop=True)
     frame.insert(0, "request", np.repeat(np.arange(count), CANDIDATES))
-    frame["item_id"] = catalogue.ids[chosen]
-    frame["item_category"] = catalogue.categories[chosen]
-    frame["item_price"] = catalogue.prices[chosen]
-    frame["item_popularity"] = catalogue.popularity[chosen]
-    return frame
+    return frame.assign(**catalogue.items(chosen))
+
+
+def request_columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """A request's inputs as a client sends them: the ranker's columns, text as bytes."""
+    columns = {}
+    for name, datatype in {**USER_COLUMNS, **ITEM_COLUMNS}.items():
+        values = frame[name].to_numpy()
+        columns[name] = np.array([str(v).encode() for v in values], dtype=object) if datatype == "BYTES" else values
+    return {name: c.astype(np.float32) if c.dtype.kind == "f" else c for name, c in columns.items()}
 
 
 def one_row_per_request(frame: pd.DataFrame, by: str, seed: int, limit: int | None = None) -> pd.DataFrame:

@@ -53,11 +53,7 @@ class Population:
         user = self.users.iloc[int(self.rng.integers(len(self.users)))]
         chosen = self.rng.choice(world.ITEMS, world.CANDIDATES, replace=False)
         frame = pd.DataFrame({name: [user[name]] * world.CANDIDATES for name in world.USER_COLUMNS})
-        frame["item_id"] = self.catalogue.ids[chosen]
-        frame["item_category"] = self.catalogue.categories[chosen]
-        frame["item_price"] = self.catalogue.prices[chosen]
-        frame["item_popularity"] = self.catalogue.popularity[chosen]
-        return user["user_id"], frame
+        return user["user_id"], frame.assign(**self.catalogue.items(chosen))
 
     def relevant(self, frame: pd.DataFrame) -> list[int]:
         return world.relevant(world.click_chance(frame, self.catalogue, self.shifted), self.rng)
@@ -68,15 +64,6 @@ class Population:
         chances = pd.Series(world.click_chance(frame, self.catalogue, self.shifted), index=frame["item_id"])
         looked = 1.0 / np.log2(np.arange(len(shown)) + 2.0)
         return bool((self.rng.random(len(shown)) < looked * chances[shown].to_numpy()).any())
-
-
-def columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """A request's inputs as the client sends them."""
-    arrays = {}
-    for name, datatype in {**world.USER_COLUMNS, **world.ITEM_COLUMNS}.items():
-        values = frame[name].to_numpy()
-        arrays[name] = np.array([str(v).encode() for v in values], dtype=object) if datatype == "BYTES" else values
-    return {n: a.astype(np.float32) if a.dtype.kind == "f" else a for n, a in arrays.items()}
 
 
 @dataclass
@@ -100,27 +87,21 @@ class Simulator:
 
     def check_served(self) -> dict:
         """The model's metadata; a clear error naming the model and how to serve it if it is not."""
-        status, answer = self.server.call("GET", f"/v2/models/{self.model}")
-        if status == 404:
-            raise ServerError(
-                f"the server at {self.server.url} serves no model '{self.model}': build it with "
-                "`serve-app demo build` (it trains the demo ranker) and serve it, e.g. `make run` "
-                "(configs/local.yaml lists it)"
-            )
-        if status >= 400:
-            raise ServerError(f"GET /v2/models/{self.model}: HTTP {status}: {answer}")
-        return answer
+        return self.server.ok(
+            "GET",
+            f"/v2/models/{self.model}",
+            missing=f"the server at {self.server.url} serves no model '{self.model}': build it with "
+            "`serve-app demo build` (it trains the demo ranker) and serve it, e.g. `make run` "
+            "(configs/local.yaml lists it)",
+        )
 
     def experiment(self) -> dict:
-        status, answer = self.server.call("GET", f"/v2/models/{self.model}/experiment")
-        if status == 404:
-            raise ServerError(
-                f"model '{self.model}' has no experiment on this server: the scenarios need one (it takes the "
-                "feedback); add it under `experiments` in the application's args, as configs/local.yaml does"
-            )
-        if status >= 400:
-            raise ServerError(f"GET /v2/models/{self.model}/experiment: HTTP {status}: {answer}", status)
-        return answer
+        return self.server.ok(
+            "GET",
+            f"/v2/models/{self.model}/experiment",
+            missing=f"model '{self.model}' has no experiment on this server: the scenarios need one (it takes the "
+            "feedback); add it under `experiments` in the application's args, as configs/local.yaml does",
+        )
 
     def serves(self, wanted: dict) -> bool:
         """Whether the experiment runs with exactly this traffic, undecided."""
@@ -165,7 +146,7 @@ class Simulator:
     def send(self, population: Population) -> tuple[str, pd.DataFrame, dict]:
         user, frame = population.request()
         request_id = f"sim-{uuid.uuid4().hex}"
-        return request_id, frame, self.server.infer(self.model, columns(frame), request_id, user)
+        return request_id, frame, self.server.infer(self.model, world.request_columns(frame), request_id, user)
 
     # -- the stories ---------------------------------------------------------------------
 
@@ -234,9 +215,9 @@ class Simulator:
 
     def drift(self, warm_requests: int) -> Run:
         run = Run("drift")
-        status, report = self.server.call("GET", f"/v2/models/{self.model}/drift")
-        if status >= 400 or not report.get("versions"):
-            raise ServerError(f"model '{self.model}' has no drift monitor on this server: add it under `drift`")
+        unwatched = f"model '{self.model}' has no drift monitor on this server: add it under `drift`"
+        if not self.server.ok("GET", f"/v2/models/{self.model}/drift", missing=unwatched).get("versions"):
+            raise ServerError(unwatched)
         before = set(self.experiment_versions())
         normal, shifted = Population.of(self.seed), Population.of(self.seed + 1, shifted=True)
         for _ in range(warm_requests):

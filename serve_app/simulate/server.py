@@ -54,8 +54,11 @@ class Server:
                     raise ServerError(f"the server at {self.url} cannot be reached: {error}") from None
         raise AssertionError("unreachable")
 
-    def ok(self, method: str, path: str, body: Any = None, headers: dict | None = None) -> Any:
+    def ok(self, method: str, path: str, body: Any = None, headers: dict | None = None, missing: str = "") -> Any:
+        """The JSON answer of a call that succeeded; missing: what to say on 404 instead of the server's answer."""
         status, answer = self.call(method, path, body, headers)
+        if status == 404 and missing:
+            raise ServerError(missing, status)
         if status >= 400:
             error = answer.get("error") if isinstance(answer, dict) else answer
             raise ServerError(f"{method} {path}: HTTP {status}: {error}", status)

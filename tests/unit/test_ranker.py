@@ -25,13 +25,6 @@ def endpoint_of(repository, version: int) -> LocalEndpoint:
     return LocalEndpoint(model, load_runner(model.config, model.model_file))
 
 
-def request_of(frame) -> dict[str, np.ndarray]:
-    columns = {name: frame[name].to_numpy(np.float32) for name in ("user_activity", "item_price", "item_popularity")}
-    for name in ("user_platform", "user_favourite", "item_id", "item_category"):
-        columns[name] = np.array([v.encode() for v in frame[name]], dtype=object)
-    return columns
-
-
 def test_version_2_ranks_better_than_version_1_by_a_known_margin(demo_repository):
     metrics = json.loads((demo_repository / world.MODEL_NAME / "metrics.json").read_text())
     assert metrics["2"]["ndcg@10"] - metrics["1"]["ndcg@10"] > 0.1
@@ -43,7 +36,7 @@ def test_a_request_is_answered_with_a_score_per_candidate_and_the_top_ids(demo_r
     frame = world.requests(1, catalogue, seed=3)
     endpoint = endpoint_of(demo_repository, 2)
     plane = DataPlane([endpoint])
-    inputs = request_of(frame)
+    inputs = world.request_columns(frame)
     answer = asyncio.run(plane.infer(world.MODEL_NAME, None, InferenceRequest(inputs=inputs)))
     scores, top = answer.outputs["score"], answer.outputs["top_k"]
     assert scores.shape == (world.CANDIDATES,) and top.shape == (10,)
@@ -90,7 +83,7 @@ def test_a_ranking_that_names_no_candidate_column_is_refused(demo_repository, tm
 
 def test_a_shadow_batch_of_several_requests_ranks_each_request_alone(demo_repository):
     catalogue = world.Catalogue.of(world.CATALOGUE_SEED)
-    requests = [request_of(world.requests(1, catalogue, seed=s)) for s in (4, 5)]
+    requests = [world.request_columns(world.requests(1, catalogue, seed=s)) for s in (4, 5)]
     endpoint = endpoint_of(demo_repository, 1)
     plane = DataPlane([endpoint])
     alone = [asyncio.run(plane.infer(world.MODEL_NAME, None, InferenceRequest(inputs=r))).outputs for r in requests]
