@@ -10,8 +10,10 @@ The alert arrives as JSON on stdin. The hook answers at once and does the work i
 own, so the alert's timeout bounds only the hand-off, and a redeploy of the application (which
 restarts the monitor that ran the hook) cannot cut the job short. The job:
 
-1. builds the training set of the last RETRAIN_SINCE (default 90d) of served rows and feedback
-   with `serve-app dataset`;
+1. builds the training set of served rows and feedback with `serve-app dataset`: since the drift
+   began (the close of the alert's first drifting window), so the next version learns the population
+   as it is now and its drift reference is that population; RETRAIN_SINCE (90d, 12h, or an ISO
+   time) takes a fixed window instead;
 2. trains the next version (here the demo ranker's trainer, serve_app.ranking.train.train_next:
    put your own here);
 3. registers it with `serve-app register` (it becomes the model's next version in the repository);
@@ -82,10 +84,10 @@ def call(method: str, path: str, body: dict | None = None, retry_s: float = 90.0
 def retrain(alert: dict) -> None:
     model = alert["model"]
     storage, repository = setting("SERVE_APP_STORAGE", "serve_app_storage"), setting("SERVE_APP_REPOSITORY")
-    log({"step": "alert", "model": model, "message": alert.get("message")})
+    log({"step": "alert", "model": model, "message": alert.get("message"), "since": alert["evidence"][0]["time"]})
     with tempfile.TemporaryDirectory() as folder:
         data_file = Path(folder) / "data.parquet"
-        since = setting("RETRAIN_SINCE", "90d")
+        since = os.environ.get("RETRAIN_SINCE") or alert["evidence"][0]["time"]
         serve_app("dataset", "--model", model, "--storage", storage, "--since", since, "--out", str(data_file))
         from serve_app.ranking.train import train_next  # your trainer here
 

@@ -84,6 +84,8 @@ class DriftMonitor:
         self.episodes: dict[str, dict] = {}
         """model -> the open episode: when it began, the drifting versions, the alert sent."""
         self.alerts: deque[dict] = deque(maxlen=20)
+        self.cleared: deque[dict] = deque(maxlen=20)
+        """Episodes that ended, newest last: when, since when, and why."""
         self._lock = threading.Lock()
         self._restore()
 
@@ -268,10 +270,15 @@ class DriftMonitor:
         elif not is_drift and episode is not None and state.version in episode["versions"]:
             episode["versions"].remove(state.version)
             if not episode["versions"]:
-                del self.episodes[state.model]
-                logger.warning("drift of %s cleared", state.model)
-                return [{"event": "cleared", "model": state.model, "time": _iso(now), "since": episode["since"]}]
+                return [self._clear(state.model, now, f"v{state.version}'s window {state.windows_checked} is clean")]
         return []
+
+    def _clear(self, model: str, now: float, reason: str) -> dict:
+        episode = self.episodes.pop(model)
+        event = {"event": "cleared", "model": model, "time": _iso(now), "since": episode["since"], "reason": reason}
+        self.cleared.append(event)
+        logger.warning("drift of %s cleared: %s", model, reason)
+        return event
 
     # -- state and reports ---------------------------------------------------------------
 
@@ -285,6 +292,7 @@ class DriftMonitor:
                     {
                         "episodes": self.episodes,
                         "alerts": list(self.alerts),
+                        "cleared": list(self.cleared),
                         "versions": {
                             f"{m}/{v}": {**s.counters(), "arm": s.arm, "last": s.last, "history": list(s.history)}
                             for (m, v), s in self.states.items()
@@ -303,12 +311,18 @@ class DriftMonitor:
         if self.storage_uri is None:
             return
         document = read_json(self.storage_uri, _state_file()) or {}
-        for model, episode in document.get("episodes", {}).items():
-            # A version no longer watched can never send the clean window that would close it.
-            episode["versions"] = [v for v in episode["versions"] if (model, v) in self.states]
-            if model in self.settings and episode["versions"]:
-                self.episodes[model] = episode
         self.alerts.extend(document.get("alerts", []))
+        self.cleared.extend(document.get("cleared", []))
+        for model, episode in document.get("episodes", {}).items():
+            if model not in self.settings:
+                continue
+            self.episodes[model] = episode
+            # A version no longer served (unloaded once another replaced it) never sends the clean
+            # window that would close the episode: it leaves it, and the episode ends with the last.
+            gone = [v for v in episode["versions"] if (model, v) not in self.states]
+            episode["versions"] = [v for v in episode["versions"] if v not in gone]
+            if not episode["versions"]:
+                self._clear(model, self.clock(), f"{', '.join(f'v{v}' for v in gone)} no longer served")
         for key, saved in document.get("versions", {}).items():
             model, _, version = key.rpartition("/")
             state = self.states.get((model, int(version)))
@@ -364,6 +378,7 @@ class DriftMonitor:
                 "on_drift": settings.on_drift,
                 "episode": self.episodes.get(model),
                 "alerts": [a for a in self.alerts if a["model"] == model],
+                "cleared": [c for c in self.cleared if c["model"] == model],
                 "versions": versions,
             }
 

@@ -225,12 +225,12 @@ class Simulator:
             run.sent += 1
         run.say(f"{run.sent} requests of the usual population; now the new app's users arrive")
 
-        def alerts() -> list[dict]:
-            return self.server.ok("GET", f"/v2/models/{self.model}/drift")["alerts"]
+        def report() -> dict:
+            return self.server.ok("GET", f"/v2/models/{self.model}/drift")
 
-        if not self.labelled_until(run, shifted, lambda: bool(alerts())):
+        if not self.labelled_until(run, shifted, lambda: bool(report()["alerts"])):
             raise ServerError(f"no drift alert after {run.sent} requests")
-        run.say(f"drift alert: {alerts()[-1]['message']}")
+        run.say(f"drift alert: {report()['alerts'][-1]['message']}")
         # Unhurried while the hook retrains: the job shares the machine with this client.
         if not self.labelled_until(run, shifted, lambda: bool(set(self.experiment_versions()) - before), 0.1):
             raise ServerError(f"no retrained version started after {run.sent} requests")
@@ -241,12 +241,32 @@ class Simulator:
             arm = self.experiment()["arms"]["challenger"] or {}
             return arm.get("requests", 0) if arm.get("version") == version else 0
 
-        self.labelled_until(run, shifted, lambda: served() > 0, 0.05)
-        run.found = {"alerts": alerts(), "new_version": version, "new_version_requests": served()}
-        run.say(
-            f"v{version} answered {run.found['new_version_requests']} requests so far; "
-            f"`GET /v2/models/{self.model}/drift` shows its windows"
-        )
+        def windows() -> list[dict]:
+            return report()["versions"].get(str(version), {}).get("history", [])
+
+        self.labelled_until(run, shifted, lambda: served() > 0 and bool(windows()), 0.05)
+        checked, final = windows(), report()
+        clean = sum(not window["is_drift"] for window in checked)
+        run.found = {
+            "alerts": final["alerts"],
+            "new_version": version,
+            "new_version_requests": served(),
+            "new_version_windows": len(checked),
+            "new_version_clean_windows": clean,
+            "episode": final["episode"],
+            "cleared": final["cleared"],
+        }
+        run.say(f"v{version} answered {run.found['new_version_requests']} requests so far")
+        run.say(f"v{version}'s windows against the population it learnt: {clean} of {len(checked)} clean")
+        if final["episode"] is None:
+            run.say(f"drift cleared: {final['cleared'][-1]['reason']}")
+        else:
+            old = ", ".join(f"v{v}" for v in final["episode"]["versions"])
+            run.say(
+                f"the episode stays open while {old} still drift; it ends when their windows are clean again or "
+                f"they are no longer served (v{version} promoted, {old} unloaded). "
+                f"`GET /v2/models/{self.model}/drift` shows the windows"
+            )
         return run
 
     def labelled_until(self, run: Run, population: Population, done: Callable[[], bool], pace_s: float = 0.0) -> bool:

@@ -113,6 +113,8 @@ def test_a_ctr_challenger_with_a_lift_is_promoted_on_its_own(stories):
 def test_drift_alerts_once_retrains_once_and_the_new_version_takes_traffic(stories):
     found = simulate(stories, "drift", "--requests", "3000", "--warm-requests", "40")
     assert len(found["alerts"]) == 1 and found["new_version"] == 4 and found["new_version_requests"] > 0
+    # Retrained on what was served since the drift began: its own windows are clean.
+    assert found["new_version_windows"] >= 1 and found["new_version_clean_windows"] == found["new_version_windows"]
     steps = [json.loads(line) for line in stories["log"].read_text().splitlines()]
     assert [s["step"] for s in steps] == ["alert", "trained", "registered", "started"], steps
     assert steps[-1]["traffic"]["challenger"] == 4 and (stories["repository"] / world.MODEL_NAME / "4").is_dir()

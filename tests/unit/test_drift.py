@@ -155,6 +155,7 @@ def test_an_alert_fires_once_per_episode_to_the_webhook_and_the_command(fraud_v1
         events += monitor.check()
     alerts = [e for e in events if e["event"] == "drift"]
     assert [e["event"] for e in events] == ["drift", "cleared", "drift"]
+    assert events[1]["reason"] == "v1's window 4 is clean" and monitor.report("fraud")["cleared"] == [events[1]]
     for alert in alerts:
         outcome = asyncio.run(deliver_alert(alert, monitor.settings["fraud"].alert))
         assert outcome == {"webhook": "HTTP 204", "command": "exit 0"}
@@ -189,6 +190,18 @@ def test_state_history_and_episode_survive_a_restart(fraud_v1, tmp_path):
     table = drift_history(str(tmp_path), "fraud")
     assert sorted(set(table["window"])) == [1, 2, 3]
     assert set(table["name"]) == {*restarted.states[("fraud", 1)].detectors.schema.names, "score"}
+
+
+def test_an_episode_ends_when_its_drifting_version_is_no_longer_served(fraud_v1, demo_repository, tmp_path):
+    monitor = monitor_for(fraud_v1, tmp_path, alert_after_windows=1)
+    monitor.observe([batch(fraud_v1, traffic(WINDOW, seed=5100, shift=True))])
+    assert [e["event"] for e in monitor.check()] == ["drift"]
+    monitor.save()
+    # v1 replaced and unloaded: the application's new graph watches v2 only.
+    replaced = monitor_for(ModelRepository(demo_repository).version("fraud", 2), tmp_path, alert_after_windows=1)
+    report = replaced.report("fraud")
+    assert report["episode"] is None and len(report["alerts"]) == 1
+    assert [(c["event"], c["reason"]) for c in report["cleared"]] == [("cleared", "v1 no longer served")]
 
 
 def test_bundles_round_trip_through_alibi_detect_saving(fraud_v1, tmp_path):
