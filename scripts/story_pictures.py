@@ -70,7 +70,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         report = Path(folder) / "shadow_report.html"
         serve_app("shadow-report", "--storage", args.storage, "--model", "ranker", "--out", str(report))
-        screenshot(chromium, report.as_uri(), out / "shadow-report.png", 1300, 2000)
+        screenshot(chromium, report.as_uri(), out / "shadow-report.png", 760, 2000)
     screenshot(chromium, status, out / "status-shadow.png", 1100, 12000)
 
     serve_app("simulate", "--scenario", "challenger", "--requests", "1500", *story)
