@@ -10,7 +10,7 @@ comma := ,
 EXTRAS := dev,torch,drift$(if $(filter 1,$(CUDA)),$(comma)cuda)
 INSTALLED := $(VENV)/.installed$(if $(filter 1,$(CUDA)),-cuda)
 
-.PHONY: install demo run test test-stories check-install soak reliability-report docs audit lock lint format bench bench-env perf-analyzer proto clean
+.PHONY: install demo run test test-stories test-object-store check-install soak reliability-report docs audit lock lint format bench bench-env perf-analyzer proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,13 +39,19 @@ RAY_SERVE_ENV := RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 RA
 run: install demo
 	$(RAY_SERVE_ENV) $(BIN)/serve run configs/local.yaml
 
-# The install checks (pytest marker `install`) are left to make check-install, the stories to make test-stories.
+# The install checks (pytest marker `install`) are left to make check-install, the stories to make test-stories,
+# the object-store crashes to make test-object-store.
 test: install
-	$(BIN)/python -m pytest -m 'not install and not stories' --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m 'not install and not stories and not object_store' --durations=15 $(PYTEST_ARGS)
 
 # The seed's stories (shadow, challenger, drift) played end to end by `serve-app simulate`: a session of their own.
 test-stories: install
 	$(BIN)/python -m pytest -m stories --durations=5 tests/e2e/test_stories.py $(PYTEST_ARGS)
+
+# The batch job on an S3-compatible server (moto's, on the loopback interface), crashed at each commit
+# step in turn and run again: every row exactly once. A session of its own, about two minutes.
+test-object-store: install
+	$(BIN)/python -m pytest -m object_store --durations=5 tests/batch/test_batch_job.py $(PYTEST_ARGS)
 
 # A user's install: requirements.lock resolved from the public index alone for Python 3.10-3.12
 # (tests/install/test_lock.py), and the project without extras in a fresh virtual environment of

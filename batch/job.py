@@ -6,10 +6,13 @@
 
 The graph comes from an application's args in a Serve config (or a batch config that points at
 one), so the model, version, preprocessor and drift detectors are those the online app serves.
-read_parquet -> map_batches(Scorer, ActorPoolStrategy) -> write_parquet, in rounds of input files:
-each round is written under <output>/_staging/ and moved into place, then recorded in
-<output>/_manifest.json, so a re-run skips the files already done. Rows that cannot be scored go
-to <output>/<part>/_errors/ with the reason; the job goes on.
+read_parquet -> map_batches(Scorer, ActorPoolStrategy) -> write_parquet, in rounds of input files.
+Each round is written under <output>/_staging/<part>/, its files are moved one by one to
+<output>/<part>/ (object stores move files, not folders), and then the round is recorded in
+<output>/_manifest.json, replaced whole (the commit point). A re-run skips the files the manifest
+records and first deletes any part it does not (a round that died before its commit), so after a
+crash anywhere and a re-run every input row is in the output exactly once. Rows that cannot be
+scored go to <output>/<part>/_errors/ with the reason; the job goes on.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class JobPlan:
     """The version scored, then the challenger when compare is on."""
     input_fs: pyarrow.fs.FileSystem
     inputs: list[str]
+    input_uri: str
     output_uri: str
     pass_through: list[str]
     drift: DriftSettings | None
@@ -141,8 +145,11 @@ def list_inputs(uri: str) -> tuple[pyarrow.fs.FileSystem, list[str]]:
     """A Parquet file, a folder (searched recursively), a glob, or any of these as a pyarrow URI."""
     glob_at = next((i for i, c in enumerate(uri) if c in "*?["), None)
     base = uri if glob_at is None else uri[:glob_at].rpartition("/")[0]
-    filesystem, root = open_storage(base or ".")
-    info = filesystem.get_file_info(root)
+    try:
+        filesystem, root = open_storage(base or ".")
+        info = filesystem.get_file_info(root)
+    except (OSError, ValueError) as error:  # unreachable, refused, or a URI pyarrow cannot open
+        raise InvalidInput(f"input '{uri}': the store cannot be used: {error}") from None
     if info.type == pyarrow.fs.FileType.NotFound:
         raise InvalidInput(f"input '{uri}': no such file or folder")
     if info.type == pyarrow.fs.FileType.File:
@@ -182,6 +189,19 @@ def check_inputs(filesystem: pyarrow.fs.FileSystem, files: list[str], needed: li
     return common or []
 
 
+def check_output(output_uri: str) -> None:
+    """The output's store answers and, on an object store, its bucket exists (object stores create
+    no bucket on a write): otherwise an error naming it, before any work."""
+    try:
+        filesystem, root = open_storage(output_uri)
+        bucket = root.split("/", 1)[0] if "://" in output_uri and not output_uri.startswith("file:") else None
+        if bucket is not None and filesystem.get_file_info(bucket).type == pyarrow.fs.FileType.NotFound:
+            raise InvalidInput(f"output '{output_uri}': the bucket '{bucket}' does not exist")
+        filesystem.get_file_info(root)
+    except (OSError, ValueError) as error:  # unreachable, refused, or a URI pyarrow cannot open
+        raise InvalidInput(f"output '{output_uri}': the store cannot be used: {error}") from None
+
+
 def plan_job(settings: BatchSettings, input_uri: str, output_uri: str) -> JobPlan:
     graph = graph_args(settings)
     model, versions = choose_versions(settings, graph)
@@ -198,8 +218,8 @@ def plan_job(settings: BatchSettings, input_uri: str, output_uri: str) -> JobPla
     drift = None
     if settings.drift:
         drift = graph.drift.get(model, DriftSettings())
-    open_storage(output_uri)  # a malformed output URI fails here
-    return JobPlan(settings, graph, model, versions, input_fs, inputs, output_uri, pass_through, drift)
+    check_output(output_uri)
+    return JobPlan(settings, graph, model, versions, input_fs, inputs, input_uri, output_uri, pass_through, drift)
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,10 +338,16 @@ def run_job(plan: JobPlan) -> dict:
     settings = plan.settings
     _check_room(settings, ray.cluster_resources().get("CPU", 0.0))
     out_fs, root = open_storage(plan.output_uri)
-    manifest = read_json(plan.output_uri, MANIFEST) or {"done": {}}
+    job = _job_identity(plan)
+    manifest = read_json(plan.output_uri, MANIFEST) or {"job": job, "done": {}}
+    if manifest.get("job") != job:
+        raise InvalidInput(
+            f"{plan.output_uri} holds the output of another job ({manifest.get('job')}), not of this one ({job}): "
+            "give another --output"
+        )
     pending = [f for f in plan.inputs if f not in manifest["done"]]
     skipped = len(plan.inputs) - len(pending)
-    _remove(out_fs, f"{root}/{STAGING}")  # rounds of a job that died: their files are scored again
+    _discard_uncommitted(out_fs, root, set(manifest["done"].values()))
     started = time.perf_counter()
     parts: list[str] = []
     rounds = [pending[i : i + settings.files_per_round] for i in range(0, len(pending), settings.files_per_round)]
@@ -347,8 +373,7 @@ def run_job(plan: JobPlan) -> dict:
             num_gpus=settings.num_gpus_per_actor or None,
         )
         scored.write_parquet(staging, filesystem=out_fs)
-        out_fs.create_dir(root, recursive=True)
-        out_fs.move(staging, f"{root}/{part}")
+        _publish(out_fs, staging, f"{root}/{part}")
         manifest["done"].update({f: part for f in files})
         write_json(plan.output_uri, MANIFEST, manifest)  # the commit point of the round
         parts.append(part)
@@ -374,6 +399,40 @@ def _check_room(settings: BatchSettings, cpus: float) -> None:
             f"{settings.num_cpus_per_actor:g}) of the cluster's {cpus:g}; reading and writing need at least one "
             "more: lower num_actors or num_cpus_per_actor"
         )
+
+
+def _job_identity(plan: JobPlan) -> dict:
+    """What an output folder's manifest belongs to: resuming another job's output would mix them."""
+    source = plan.input_uri if "://" in plan.input_uri else str(Path(plan.input_uri).resolve())
+    return {"model": plan.model, "versions": [v.version for v in plan.versions], "input": source}
+
+
+def _discard_uncommitted(filesystem: pyarrow.fs.FileSystem, root: str, committed: set[str]) -> None:
+    """Staging, and parts the manifest does not record: rounds of a job that died before their
+    commit. Their input files are pending again, so they are scored again, once."""
+    _remove(filesystem, f"{root}/{STAGING}")
+    if filesystem.get_file_info(root).type == pyarrow.fs.FileType.NotFound:
+        return
+    for entry in filesystem.get_file_info(pyarrow.fs.FileSelector(root)):
+        if entry.base_name.startswith("part-") and entry.base_name not in committed:
+            logger.warning("deleting %s: a round that was not committed (its files are scored again)", entry.path)
+            if entry.type == pyarrow.fs.FileType.Directory:
+                filesystem.delete_dir(entry.path)
+            else:
+                filesystem.delete_file(entry.path)
+
+
+def _publish(filesystem: pyarrow.fs.FileSystem, staging: str, final: str) -> None:
+    """Every file of a staged round to its place under `final`, one file at a time (a rename on a
+    local disk, a copy and a delete on an object store, which cannot move folders)."""
+    files = filesystem.get_file_info(pyarrow.fs.FileSelector(staging, recursive=True))
+    for entry in sorted((f for f in files if f.type == pyarrow.fs.FileType.File), key=lambda f: f.path):
+        _place(filesystem, entry.path, final + entry.path[len(staging) :])
+
+
+def _place(filesystem: pyarrow.fs.FileSystem, source: str, target: str) -> None:
+    filesystem.create_dir(target.rpartition("/")[0], recursive=True)
+    filesystem.move(source, target)
 
 
 def _uri(output_uri: str, path: str) -> str:
@@ -512,8 +571,10 @@ def run_from_args(args: argparse.Namespace) -> dict:
         + f" over {len(plan.inputs)} file(s) into {args.output}",
         flush=True,
     )
+    connecting = time.perf_counter()
     ray.init(address=args.address, ignore_reinit_error=True)
-    summary = run_job(plan)
+    cluster_start_s = round(time.perf_counter() - connecting, 2)
+    summary = {**run_job(plan), "cluster_start_s": cluster_start_s}  # the job's seconds and rows/s exclude it
     print(json.dumps(summary, indent=1))
     return summary
 

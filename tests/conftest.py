@@ -28,6 +28,7 @@ LOCAL_CONFIG = Path(__file__).parents[1] / "configs" / "local.yaml"
 APP_NAME = "serve-app"
 ADMIN_TOKEN = "test-admin-token"
 MAX_REQUEST_BYTES = 2 * 1024 * 1024
+OBJECT_STORE_KEYS = {"AWS_ACCESS_KEY_ID": "tests", "AWS_SECRET_ACCESS_KEY": "tests", "AWS_DEFAULT_REGION": "us-east-1"}
 MAX_PARSING_BYTES = 3 * MAX_REQUEST_BYTES
 """Smaller than the default, so tests can cross it cheaply (and stay under gRPC's 4 MiB default)."""
 
@@ -66,6 +67,8 @@ def ray_cluster() -> Cluster:
     # Before Ray starts: every process it starts inherits them.
     for key, value in {**RAY_SERVE_ENV, **haproxy_side_ports_env(free_port(), free_port())}.items():
         os.environ.setdefault(key, value)
+    # s3:// in the tests reaches the session's own S3-compatible server (object_store), never a real store.
+    os.environ.update({**OBJECT_STORE_KEYS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"})
     dashboard_port, metrics_port = free_port(), free_port()
     # More logical CPUs than cores: replicas mostly wait, and CI has two cores. One logical GPU
     # where there is none: Ray assigns it to a replica as it would a real one (its id, its
@@ -94,6 +97,19 @@ def ray_cluster() -> Cluster:
     )
     serve.shutdown()
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def object_store(ray_cluster) -> str:
+    """An S3-compatible server (moto's) on the loopback interface, where the session's
+    AWS_ENDPOINT_URL points: pyarrow's S3 filesystem reaches it from every process of the cluster."""
+    from moto.server import ThreadedMotoServer
+
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=int(endpoint.rpartition(":")[2]), verbose=False)
+    server.start()
+    yield endpoint
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -10,14 +10,20 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.fs
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from batch import job
 from batch.job import _check_room, load_settings, plan_job, run_job
 from serve_app.demo import LABEL, request_columns, synthetic_transactions
 from serve_app.errors import InvalidInput
 from serve_app.protocol.rest import request_body
+from serve_app.repository import ModelRepository
+from serve_app.runtime import load_runner
 from serve_app.runtime.devices import cuda_device_count
 
 ROOT = Path(__file__).parents[2]
@@ -177,6 +183,143 @@ def test_a_rerun_skips_files_already_done(serve_config, ray_cluster, tmp_path):
     assert len(manifest["done"]) == 4 and not (tmp_path / "out" / "_staging").exists()
 
 
+class Crash(Exception):
+    """The job stops here, as if killed: nothing after this point runs."""
+
+
+COMMIT_STEPS = ["staged", "half_published", "published", "manifest_written"]
+
+
+def crash_in_round(monkeypatch, step: str, number: int) -> None:
+    """The job dies at `step` of the commit of its round `number`; the rounds before it committed."""
+    rounds = {"published": 0, "placed": 0}
+    publish, place, write_json = job._publish, job._place, job.write_json
+
+    def crashing() -> bool:
+        return rounds["published"] == number
+
+    def crashing_publish(filesystem, staging, final):
+        rounds["published"] += 1
+        if crashing() and step == "staged":
+            raise Crash(step)
+        publish(filesystem, staging, final)
+        if crashing() and step == "published":
+            raise Crash(step)
+
+    def crashing_place(filesystem, source, target):
+        if crashing() and step == "half_published" and rounds["placed"] == 1:
+            raise Crash(step)  # the round's first file is in its place, the others are not
+        rounds["placed"] += crashing()
+        place(filesystem, source, target)
+
+    def crashing_write_json(uri, path, document):
+        if crashing() and step == "manifest_written" and path == job.MANIFEST:
+            raise Crash(step)  # the new manifest never replaced the old one
+        write_json(uri, path, document)
+
+    monkeypatch.setattr(job, "_publish", crashing_publish)
+    monkeypatch.setattr(job, "_place", crashing_place)
+    monkeypatch.setattr(job, "write_json", crashing_write_json)
+
+
+def crash_then_rerun(monkeypatch, step: str, make_plan, number: int = 2) -> dict:
+    crash_in_round(monkeypatch, step, number)
+    with pytest.raises(Crash):
+        run_job(make_plan())
+    monkeypatch.undo()
+    return run_job(make_plan())
+
+
+def test_a_crash_mid_commit_then_a_rerun_gives_every_row_exactly_once(serve_config, ray_cluster, tmp_path, monkeypatch):
+    """Every step is crashed in turn on the object store below; here the half-published round."""
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    for n in range(2):
+        write(transactions(50, seed=40 + n, first_id=50 * n), inputs / f"part-{n}.parquet")
+    # One round, crashed: the object-store tests below crash a later round, at every step.
+    again = crash_then_rerun(monkeypatch, "half_published", lambda: plan(serve_config, inputs, output), number=1)
+    assert again["files"] == {"scored": 2, "skipped_already_done": 0}, again
+    ids = scored(output)["transaction_id"]
+    assert len(ids) == 100 and ids.is_unique
+    manifest = json.loads((output / job.MANIFEST).read_text())
+    assert sorted(manifest["done"]) == sorted(str(p) for p in inputs.iterdir())
+    assert sorted(p.name for p in output.glob("part-*")) == sorted(set(manifest["done"].values()))
+
+
+def test_an_output_of_another_job_is_refused_before_any_work(serve_config, ray_cluster, tmp_path):
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    write(transactions(50, seed=50), inputs / "part-0.parquet")
+    other = {"model": "fraud", "versions": [1], "input": str(tmp_path / "other")}
+    output.mkdir()
+    (output / job.MANIFEST).write_text(json.dumps({"job": other, "done": {}}))
+    with pytest.raises(InvalidInput, match="holds the output of another job"):
+        run_job(plan(serve_config, inputs, output))
+    assert [p.name for p in output.iterdir()] == [job.MANIFEST]
+
+
+# -- on an object store: an S3-compatible server on the loopback interface, through pyarrow's S3 --------
+
+BUCKET = "batch-tests"
+
+
+@pytest.fixture(scope="module")
+def bucket(object_store) -> pyarrow.fs.S3FileSystem:
+    s3 = pyarrow.fs.S3FileSystem(
+        endpoint_override=object_store.removeprefix("http://"), scheme="http", allow_bucket_creation=True
+    )
+    s3.create_dir(BUCKET)
+    return s3
+
+
+@pytest.mark.object_store
+@pytest.mark.parametrize("step", COMMIT_STEPS)
+def test_on_an_object_store_a_crash_at_each_commit_step_then_a_rerun_gives_every_row_once(
+    serve_config, demo_repository, bucket, monkeypatch, step
+):
+    frames = [transactions(40, seed=60 + n, first_id=40 * n) for n in range(2)]
+    frames[1].loc[5, "amount"] = np.nan  # one row the model cannot take: it goes to _errors
+    for n, frame in enumerate(frames):
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        pq.write_table(table, f"{BUCKET}/{step}/in/{n}.parquet", filesystem=bucket)
+    source, output = f"s3://{BUCKET}/{step}/in/", f"s3://{BUCKET}/{step}/out"
+    again = crash_then_rerun(monkeypatch, step, lambda: plan(serve_config, source, output, files_per_round=1))
+    assert again["files"] == {"scored": 1, "skipped_already_done": 1}, again
+    root = f"{BUCKET}/{step}/out"
+    out = pads.dataset(root, filesystem=bucket, format="parquet").to_table().to_pandas()
+    out = out.sort_values("transaction_id").reset_index(drop=True)
+    expected = pd.concat(frames)[lambda f: f["amount"].notna()].sort_values("transaction_id").reset_index(drop=True)
+    assert out["transaction_id"].tolist() == expected["transaction_id"].tolist()  # each good row once
+    version = ModelRepository(demo_repository).version("fraud", again["version"])
+    runner = load_runner(version.config, version.model_file, version.precision)
+    wanted = runner.predict(version.frame_tensors(expected))["fraud_probability"]
+    np.testing.assert_allclose(out["fraud_probability"].to_numpy(), wanted, rtol=0, atol=1e-6)
+    errors = pads.dataset(
+        [f.path for f in bucket.get_file_info(pyarrow.fs.FileSelector(root, recursive=True)) if "/_errors/" in f.path],
+        filesystem=bucket,
+        format="parquet",
+    ).to_table()
+    assert errors.column("transaction_id").to_pylist() == ["tx-0000045"]
+    with bucket.open_input_stream(f"{root}/{job.MANIFEST}") as stream:
+        manifest = json.loads(stream.read())
+    assert sorted(manifest["done"]) == [f"{BUCKET}/{step}/in/{n}.parquet" for n in range(2)]
+    parts = {
+        f.base_name for f in bucket.get_file_info(pyarrow.fs.FileSelector(root)) if f.base_name.startswith("part-")
+    }
+    assert parts == set(manifest["done"].values())  # the crashed round's files are gone, its rows scored once
+    assert bucket.get_file_info(f"{root}/{job.STAGING}").type == pyarrow.fs.FileType.NotFound
+
+
+def test_an_object_store_that_cannot_take_the_output_is_refused_before_any_work(serve_config, bucket, tmp_path):
+    source = write(transactions(20, seed=70), tmp_path / "in.parquet")
+    with pytest.raises(InvalidInput, match="the bucket 'no-such-bucket' does not exist"):
+        plan(serve_config, source, "s3://no-such-bucket/out")
+    unreachable = "s3://batch-tests/out?endpoint_override=127.0.0.1:9&scheme=http&connect_timeout=1&request_timeout=1"
+    with pytest.raises(InvalidInput, match=r"output 's3://batch-tests/out\?.*': the store cannot be used"):
+        plan(serve_config, source, unreachable)
+    with pytest.raises(InvalidInput, match="input 's3://no-such-bucket/in/': no such file or folder"):
+        plan(serve_config, "s3://no-such-bucket/in/", f"s3://{BUCKET}/refused")
+    assert not [f for f in bucket.get_file_info(pyarrow.fs.FileSelector(BUCKET)) if f.base_name == "refused"]
+
+
 def test_champion_and_challenger_side_by_side_with_a_drift_report(serve_config, ray_cluster, tmp_path):
     frame = transactions(2000, seed=13)
     frame["amount"] = frame["amount"] * 1.6  # the batch's amounts drift from the reference
@@ -221,6 +364,7 @@ def test_the_command_line_runs_the_job(serve_config, tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert '"rows": 50' in done.stdout and len(scored(tmp_path / "out")) == 50
+    assert '"cluster_start_s": ' in done.stdout  # apart from the job's own seconds
     refused = subprocess.run(
         [*command[:6], str(tmp_path / "nothing"), *command[7:]], capture_output=True, text=True, timeout=120, cwd=ROOT
     )
