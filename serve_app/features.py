@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field, TypeAdapter, ValidationError
 
 from serve_app.config import Strict, TensorSpec, describe_validation_error
@@ -69,15 +71,20 @@ class PreprocessorSpec(Strict):
 
 _SPEC = TypeAdapter(PreprocessorSpec)
 _INPUT_DATATYPE = {"numeric": None, "categorical": "BYTES", "boolean": "BOOL"}
+_PROBLEM = {
+    "numeric": "'{}' is missing or not a finite number",
+    "categorical": "'{}' is missing or not a string",
+    "boolean": "'{}' is missing or not a boolean",
+}
+Column = np.ndarray | pd.Series | pa.Array | pa.ChunkedArray
+"""One input column: numpy or pandas from a request or a frame, Arrow from a batch job's Parquet."""
 
 
 class Preprocessor:
     def __init__(self, spec: PreprocessorSpec):
         self.spec = spec
-        self._category_index = {
-            f.name: {c: i for i, c in enumerate(f.categories)}
-            for f in spec.features
-            if isinstance(f, CategoricalFeature)
+        self._category_values = {
+            f.name: pa.array(f.categories, pa.string()) for f in spec.features if isinstance(f, CategoricalFeature)
         }
 
     # -- fitting and persistence -------------------------------------------------------
@@ -160,53 +167,39 @@ class Preprocessor:
 
     # -- transform -----------------------------------------------------------------------
 
-    def transform(self, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Columns (numpy arrays or pandas Series, one per feature) -> {output_name: float32 [N, width]}."""
+    def transform(self, columns: Mapping[str, Column]) -> dict[str, np.ndarray]:
+        """Columns (numpy arrays, pandas Series or Arrow arrays, one per feature) -> {output_name:
+        float32 [N, width]}."""
         rows = len(next(iter(columns.values())))
         out = np.zeros((rows, self.width), dtype=np.float32)
         offset = 0
         for f in self.spec.features:
             if f.name not in columns:
                 raise InvalidInput(f"missing input '{f.name}'")
-            values = np.asarray(columns[f.name])
-            if values.ndim != 1 or len(values) != rows:
+            column = columns[f.name]
+            if getattr(column, "ndim", 1) != 1 or len(column) != rows:
                 raise InvalidInput(f"input '{f.name}' must be one value per row ({rows} rows)")
-            if isinstance(f, NumericFeature):
-                out[:, offset] = self._numeric(f, values)
-            elif isinstance(f, CategoricalFeature):
-                codes = self._codes(f, values)
-                out[np.arange(rows), offset + codes] = 1.0
+            if isinstance(f, CategoricalFeature):
+                out[np.arange(rows), offset + self._codes(f, column)] = 1.0
             else:
-                if values.dtype != np.bool_:
+                values = _numpy(column)
+                if isinstance(f, NumericFeature):
+                    out[:, offset] = self._numeric(f, values)
+                elif values.dtype != np.bool_:
                     raise InvalidInput(f"input '{f.name}' must be BOOL")
-                out[:, offset] = values
+                else:
+                    out[:, offset] = values
             offset += f.width
         return {self.spec.output_name: out}
 
-    def row_problems(self, frame: pd.DataFrame) -> pd.Series:
+    def row_problems(self, table: pa.Table) -> np.ndarray:
         """Per row, why transform() would refuse it (a missing value, a wrong type), or None.
         Batch jobs score the other rows and set these aside with their reason."""
-        problems = pd.Series([None] * len(frame), index=frame.index, dtype=object)
+        problems = np.full(table.num_rows, None, dtype=object)
         for f in self.spec.features:
-            values = frame[f.name]
-            if isinstance(f, NumericFeature):
-                numbers = pd.to_numeric(values, errors="coerce").astype("float64")
-                bad = ~np.isfinite(numbers.to_numpy())
-                reason = f"'{f.name}' is missing or not a finite number"
-            elif isinstance(f, CategoricalFeature):
-                # A column of text, perhaps with gaps, is checked at C speed; a mixed one value by value.
-                if pd.api.types.infer_dtype(values, skipna=True) in ("string", "bytes", "empty"):
-                    bad = values.isna().to_numpy()
-                else:
-                    bad = ~values.map(lambda v: isinstance(v, (str, bytes))).to_numpy(bool)
-                reason = f"'{f.name}' is missing or not a string"
-            else:
-                if values.dtype == np.bool_:
-                    bad = np.zeros(len(values), dtype=bool)
-                else:
-                    bad = ~values.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(bool)
-                reason = f"'{f.name}' is missing or not a boolean"
-            problems[bad & problems.isna().to_numpy()] = reason  # the first problem of a row is named
+            bad = _bad_rows(f, table.column(f.name))
+            if bad.any():
+                problems[bad & np.equal(problems, None)] = _PROBLEM[f.kind].format(f.name)  # a row's first problem
         return problems
 
     def transform_frame(self, frame: pd.DataFrame) -> np.ndarray:
@@ -227,22 +220,63 @@ class Preprocessor:
             x = _log(x)
         return (x - f.mean) / f.std
 
-    def _codes(self, f: CategoricalFeature, values: np.ndarray) -> np.ndarray:
-        index = self._category_index[f.name]
-        other = len(f.categories)
-        try:
-            return np.fromiter((index.get(_text(v), other) for v in values), dtype=np.int64, count=len(values))
-        except (TypeError, UnicodeDecodeError):
-            raise InvalidInput(f"input '{f.name}' must hold UTF-8 strings") from None
+    def _codes(self, f: CategoricalFeature, column: Column) -> np.ndarray:
+        """Each value's one-hot position, OTHER for a category not seen in training (a hash lookup in Arrow)."""
+        codes = pc.index_in(_text(f.name, column), value_set=self._category_values[f.name])
+        return codes.fill_null(len(f.categories)).to_numpy(zero_copy_only=False)
 
 
 def _log(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.log1p(np.abs(x))
 
 
-def _text(value) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    if isinstance(value, str):
-        return value
-    raise TypeError(value)
+def _numpy(column: Column) -> np.ndarray:
+    if isinstance(column, pa.Array | pa.ChunkedArray):
+        return column.to_numpy(zero_copy_only=False)
+    return np.asarray(column)
+
+
+def _text(name: str, column: Column) -> pa.Array | pa.ChunkedArray:
+    """A column of text as Arrow strings: str or UTF-8 bytes, without gaps."""
+    refused = InvalidInput(f"input '{name}' must hold UTF-8 strings")
+    if not isinstance(column, pa.Array | pa.ChunkedArray):
+        values = np.asarray(column, dtype=object)
+        try:
+            column = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # str and bytes mixed: decode value by value
+            try:
+                column = pa.array([v.decode("utf-8") if isinstance(v, bytes) else v for v in values], pa.string())
+            except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError):
+                raise refused from None
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+        try:
+            column = column.cast(pa.string())  # checks the UTF-8
+        except pa.ArrowInvalid:
+            raise refused from None
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)) or column.null_count:
+        raise refused
+    return column
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return any(check(kind) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary))
+
+
+def _bad_rows(f: NumericFeature | CategoricalFeature | BooleanFeature, column: pa.ChunkedArray) -> np.ndarray:
+    """The rows of an Arrow column that transform() would refuse, checked at C speed where the
+    column's type allows (a column of numbers written as text is parsed value by value)."""
+    kind = column.type
+    if isinstance(f, NumericFeature):
+        if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+            numbers = column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        else:
+            numbers = pd.to_numeric(column.to_pandas(), errors="coerce").to_numpy(np.float64)
+        return ~np.isfinite(numbers)
+    fits = _is_text(kind) if isinstance(f, CategoricalFeature) else pa.types.is_boolean(kind)
+    if not fits:
+        return np.ones(len(column), dtype=bool)
+    return column.is_null().to_numpy(zero_copy_only=False)

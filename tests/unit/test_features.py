@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from serve_app.demo import BOOLEAN, CATEGORICAL, LOG_SCALED, NUMERIC, request_columns, synthetic_transactions
@@ -66,3 +67,36 @@ def test_wrong_kinds_are_refused(fitted):
         fitted.transform({**columns, "country": np.array([1, 2], dtype=object)})
     with pytest.raises(InvalidInput, match="missing input 'hour'"):
         fitted.transform({k: v for k, v in columns.items() if k != "hour"})
+
+
+def test_arrow_columns_give_the_same_features_and_their_problems_are_found_row_by_row(fitted):
+    frame = synthetic_transactions(300, seed=7)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    arrow = fitted.transform({name: table[name] for name in table.column_names})["features"]
+    np.testing.assert_array_equal(arrow, fitted.transform_frame(frame))
+    assert all(p is None for p in fitted.row_problems(table))
+    broken = table.set_column(
+        table.column_names.index("amount"), "amount", pa.array([None, float("nan"), *frame["amount"][2:]])
+    )
+    broken = broken.set_column(
+        broken.column_names.index("country"), "country", pa.array([None, None, None, *frame["country"][3:]])
+    )
+    problems = fitted.row_problems(broken)
+    assert problems[:4].tolist() == [
+        "'amount' is missing or not a finite number",  # a row's first problem is the one named
+        "'amount' is missing or not a finite number",
+        "'country' is missing or not a string",
+        None,
+    ]
+    as_numbers = table.set_column(table.column_names.index("country"), "country", pa.array(range(300)))
+    assert set(fitted.row_problems(as_numbers)) == {"'country' is missing or not a string"}
+    with pytest.raises(InvalidInput, match="country"):
+        fitted.transform({name: as_numbers[name] for name in as_numbers.column_names})
+
+
+def test_text_may_come_as_str_or_utf8_bytes_but_not_as_broken_bytes(fitted):
+    columns = request_columns(synthetic_transactions(2, seed=8))
+    mixed = fitted.transform({**columns, "country": np.array(["US", b"US"], dtype=object)})["features"]
+    assert mixed[:, fitted.feature_names.index("country=US")].tolist() == [1.0, 1.0]
+    with pytest.raises(InvalidInput, match="'country' must hold UTF-8 strings"):
+        fitted.transform({**columns, "country": np.array([b"\xff", b"US"], dtype=object)})
