@@ -18,13 +18,15 @@ scored go to <output>/<part>/_errors/ with the reason; the job goes on.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
 import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +66,18 @@ class JobPlan:
     """The version scored, then the challenger when compare is on."""
     input_fs: pyarrow.fs.FileSystem
     inputs: list[str]
+    row_groups: dict[str, list[int]]
+    """Each input file's row groups, by their row counts (from the footers read while planning)."""
     input_uri: str
     output_uri: str
     pass_through: list[str]
+    needed: list[str]
     drift: DriftSettings | None
+
+    @property
+    def columns(self) -> list[str]:
+        """What the actors read from each file: the copied columns, then the model's."""
+        return [*self.pass_through, *(c for c in self.needed if c not in self.pass_through)]
 
     @property
     def version(self) -> ModelVersion:
@@ -143,8 +153,12 @@ def choose_versions(settings: BatchSettings, graph: GraphArgs) -> tuple[str, lis
 
 def list_inputs(uri: str) -> tuple[pyarrow.fs.FileSystem, list[str]]:
     """A Parquet file, a folder (searched recursively), a glob, or any of these as a pyarrow URI."""
-    glob_at = next((i for i, c in enumerate(uri) if c in "*?["), None)
-    base = uri if glob_at is None else uri[:glob_at].rpartition("/")[0]
+    # A URI's query (?endpoint_override=...) is no glob: there only * and [ are.
+    query_at = uri.find("?") if "://" in uri else -1
+    path, query = (uri, "") if query_at < 0 else (uri[:query_at], uri[query_at:])
+    glob_at = next((i for i, c in enumerate(path) if c in ("*[" if query else "*?[")), None)
+    prefix = path if glob_at is None else path[:glob_at].rpartition("/")[0]
+    base = prefix + query
     try:
         filesystem, root = open_storage(base or ".")
         info = filesystem.get_file_info(root)
@@ -163,7 +177,7 @@ def list_inputs(uri: str) -> tuple[pyarrow.fs.FileSystem, list[str]]:
     # Hidden and underscored names (_SUCCESS, _manifest.json, .part files) are not data, as in Spark.
     files = [path for path, rel in relative.items() if not any(p.startswith(("_", ".")) for p in rel.split("/"))]
     if glob_at is not None:
-        pattern = uri[len(base) :].lstrip("/")
+        pattern = path[len(prefix) :].lstrip("/")
         files = [path for path in files if fnmatch.fnmatch(relative[path], pattern)]
     if not files:
         raise InvalidInput(f"input '{uri}': no files to score")
@@ -174,19 +188,25 @@ def required_columns(version: ModelVersion) -> list[str]:
     return [spec.name for spec in version.input_specs]
 
 
-def check_inputs(filesystem: pyarrow.fs.FileSystem, files: list[str], needed: list[str]) -> list[str]:
-    """Every file is Parquet and has every column the model needs; returns the common columns."""
+def check_inputs(
+    filesystem: pyarrow.fs.FileSystem, files: list[str], needed: list[str]
+) -> tuple[list[str], dict[str, list[int]]]:
+    """Every file is Parquet and has every column the model needs; returns the common columns and
+    each file's row groups (their row counts), both from the footers."""
     common: list[str] | None = None
+    row_groups = {}
     for path in files:
         try:
-            schema = pq.read_schema(path, filesystem=filesystem)
+            metadata = pq.read_metadata(path, filesystem=filesystem)
         except Exception as error:
             raise InvalidInput(f"input file {path} is not a readable Parquet file: {error}") from None
-        missing = [c for c in needed if c not in schema.names]
+        names = metadata.schema.to_arrow_schema().names
+        missing = [c for c in needed if c not in names]
         if missing:
             raise InvalidInput(f"input file {path} lacks the column(s) {missing} that the model needs")
-        common = schema.names if common is None else [c for c in common if c in schema.names]
-    return common or []
+        common = names if common is None else [c for c in common if c in names]
+        row_groups[path] = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+    return common or [], row_groups
 
 
 def check_output(output_uri: str) -> None:
@@ -207,7 +227,7 @@ def plan_job(settings: BatchSettings, input_uri: str, output_uri: str) -> JobPla
     model, versions = choose_versions(settings, graph)
     needed = sorted({c for v in versions for c in required_columns(v)})
     input_fs, inputs = list_inputs(input_uri)
-    columns = check_inputs(input_fs, inputs, needed)
+    columns, row_groups = check_inputs(input_fs, inputs, needed)
     if settings.pass_through is not None:
         missing = [c for c in settings.pass_through if c not in columns]
         if missing:
@@ -219,110 +239,238 @@ def plan_job(settings: BatchSettings, input_uri: str, output_uri: str) -> JobPla
     if settings.drift:
         drift = graph.drift.get(model, DriftSettings())
     check_output(output_uri)
-    return JobPlan(settings, graph, model, versions, input_fs, inputs, input_uri, output_uri, pass_through, drift)
+    return JobPlan(
+        settings,
+        graph,
+        model,
+        versions,
+        input_fs,
+        inputs,
+        row_groups,
+        input_uri,
+        output_uri,
+        pass_through,
+        needed,
+        drift,
+    )
 
 
 # --------------------------------------------------------------------------------------------
-# Scoring: one actor of the pool
+# Scoring: one actor of the pool reads a fragment, scores it and writes it, batch by batch
 # --------------------------------------------------------------------------------------------
+
+
+class Message:
+    """A typed message through Ray Data: a row of one JSON column (Arrow takes it as it is)."""
+
+    def row(self) -> dict[str, str]:
+        return {type(self).__name__: json.dumps(asdict(self))}
+
+    @classmethod
+    def of(cls, row: dict[str, str]):
+        return cls(**json.loads(row[cls.__name__]))
+
+
+@dataclass(frozen=True)
+class Fragment(Message):
+    """Job -> scoring actor: some row groups of one input file, scored into one output file."""
+
+    index: int
+    file: str
+    row_groups: list[int]
+    rows: int
+    part: str
+    """The round's part: the output goes to <output>/_staging/<part>/ until the round commits."""
+
+
+@dataclass(frozen=True)
+class FragmentDone(Message):
+    """Scoring actor -> job: what a fragment gave, and where it ran."""
+
+    index: int
+    part: str
+    rows: int
+    errors_by_reason: dict[str, int]
+    started_at: float
+    """When the actor began the fragment (seconds since the epoch)."""
+    node_id: str
+    pid: int
+    gpu_ids: str
+    placed_on: str
+    device: str
+
+
+def plan_fragments(row_groups: dict[str, list[int]], rows_per_fragment: int) -> list[tuple[str, list[int], int]]:
+    """Each file's row groups (their row counts, by file) in runs of about rows_per_fragment rows:
+    (file, row groups, rows). A row group is Parquet's unit of reading, so it is never split."""
+    fragments: list[tuple[str, list[int], int]] = []
+    for path, sizes in row_groups.items():
+        groups: list[int] = []
+        rows = 0
+        for group, size in enumerate(sizes):
+            groups.append(group)
+            rows += size
+            if rows >= rows_per_fragment:
+                fragments.append((path, groups, rows))
+                groups, rows = [], 0
+        if groups or not fragments or fragments[-1][0] != path:
+            fragments.append((path, groups, rows))
+    return fragments
 
 
 class Scorer:
     """Loads the preprocessor, the runtime and (optionally) the drift detectors once, then scores
-    batches. Rows it cannot score are written to the round's _errors folder with the reason."""
+    fragments: each is read a row group at a time, scored batch_size rows at a time, and written
+    as it goes, so an actor holds one row group and one batch whatever the input's size. Rows it
+    cannot score go to the round's _errors folder with the reason."""
 
     def __init__(
         self,
         repository: str,
         model: str,
         versions: list[int],
+        input_fs: pyarrow.fs.FileSystem,
+        columns: list[str],
         pass_through: list[str],
-        side_uri: str,
+        output_uri: str,
+        batch_size: int,
+        num_cpus: float,
         drift: dict | None,
     ):
         import ray
 
-        from serve_app.drift import detectors_for
         from serve_app.runtime import load_runner
 
         repo = ModelRepository(repository)
         self.versions = [repo.version(model, v) for v in versions]
         gpu_ids = [str(i) for i in ray.get_gpu_ids()]  # num_gpus_per_actor as Ray assigned it: CUDA when given one
-        self.runners = [load_runner(v.config, v.model_file, v.precision, len(gpu_ids)) for v in self.versions]
-        self.pass_through = pass_through
-        self.filesystem, self.side_root = open_storage(side_uri)
-        self.detectors = detectors_for(self.versions[0], DriftSettings.model_validate(drift)) if drift else None
-        node = ray.get_runtime_context().get_node_id()
-        runner = self.runners[0]
-        devices = {"gpu_ids": [",".join(gpu_ids)], "placed_on": [runner.placed_on], "device": [runner.device]}
-        self._write("_actors", pa.table({"node_id": [node], "pid": [os.getpid()], **devices}))
+        self.runners = [
+            load_runner(_threads(v.config, num_cpus), v.model_file, v.precision, len(gpu_ids)) for v in self.versions
+        ]
+        self.input_fs, self.columns, self.pass_through, self.batch_size = input_fs, columns, pass_through, batch_size
+        self.output_fs, self.output_root = open_storage(output_uri)
+        self.detectors = None
+        if drift:  # scipy and the detectors take a second to import: only where the job tests drift
+            from serve_app.drift import detectors_for
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        batch = batch.rename(columns={"path": SOURCE_COLUMN})
+            self.detectors = detectors_for(self.versions[0], DriftSettings.model_validate(drift))
+        runner = self.runners[0]
+        self.where = {
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "gpu_ids": ",".join(gpu_ids),
+            "placed_on": runner.placed_on,
+            "device": runner.device,
+        }
+
+    def __call__(self, row: dict) -> dict:
+        fragment, started_at = Fragment.of(row), time.time()
+        staging = f"{self.output_root}/{STAGING}/{fragment.part}"
+        with self.input_fs.open_input_file(fragment.file) as handle:
+            rows, failed = self._score_fragment(pq.ParquetFile(handle), fragment, staging)
+        counts: dict[str, int] = {}
+        if failed:
+            errors = pa.concat_tables(failed, promote_options="permissive")
+            self._write(f"{staging}/_errors", f"{fragment.index:06d}", errors)
+            counts = {r["values"]: r["counts"] for r in errors["error"].value_counts().to_pylist()}
+        return FragmentDone(fragment.index, fragment.part, rows, counts, started_at, **self.where).row()
+
+    def _score_fragment(self, source: pq.ParquetFile, fragment: Fragment, staging: str) -> tuple[int, list[pa.Table]]:
+        """Read, score and write batch by batch; returns the rows written and the rows set aside."""
+        writer, rows, failed = None, 0, []
+        batches = source.iter_batches(self.batch_size, row_groups=fragment.row_groups, columns=self.columns)
+        try:
+            for number, batch in enumerate(batches):
+                scored, failures = self.score(pa.Table.from_batches([batch]), fragment, number)
+                failed.extend(failures)
+                if scored is None or not scored.num_rows:
+                    continue
+                if writer is None:
+                    self.output_fs.create_dir(staging, recursive=True)
+                    path = f"{staging}/{fragment.index:06d}.parquet"
+                    writer = pq.ParquetWriter(path, scored.schema, filesystem=self.output_fs)
+                writer.write_table(scored)
+                rows += scored.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+        return rows, failed
+
+    def score(self, batch: pa.Table, fragment: Fragment, number: int) -> tuple[pa.Table | None, list[pa.Table]]:
+        """Batch `number` of a fragment: the scored rows, in the output's columns (None when the
+        whole batch failed), and the rows set aside with an `error` column."""
         primary = self.versions[0]
         problems = _row_problems(primary, batch)
-        good = batch[problems.isna().to_numpy()]
-        failed = [(batch[problems.notna().to_numpy()], problems[problems.notna()])]
-        result = good[[*self.pass_through, SOURCE_COLUMN]].reset_index(drop=True)
+        bad = np.not_equal(problems, None)
+        failed = [_with_error(batch.filter(bad), problems[bad])] if bad.any() else []
+        good = batch.filter(~bad) if bad.any() else batch
+        rows = good.num_rows
+        columns = {name: good[name] for name in self.pass_through}
+        columns[SOURCE_COLUMN] = pa.repeat(fragment.file, rows)
+        columns["model"] = pa.repeat(primary.name, rows)
         try:
             for index, (version, runner) in enumerate(zip(self.versions, self.runners)):
-                outputs = runner.predict(version.frame_tensors(good)) if len(good) else {}
+                outputs = runner.predict(version.frame_tensors(good)) if rows else {}
                 prefix = "" if index == 0 else "challenger_"
                 for spec in version.config.outputs:
-                    values = outputs.get(spec.name, np.empty((0,), dtype=np.float32))
-                    result[prefix + spec.name] = list(values) if values.ndim > 1 else values
-                result[prefix + "model_version"] = np.full(len(good), version.version, dtype=np.int64)
-            result.insert(len(self.pass_through) + 1, "model", primary.name)
-            if self.detectors is not None and len(good) >= 20:
-                self._check_drift(good, result[primary.config.outputs[0].name].to_numpy())
+                    columns[prefix + spec.name] = _arrow(outputs.get(spec.name, np.empty((0,), dtype=np.float32)))
+                columns[prefix + "model_version"] = pa.repeat(pa.scalar(version.version, pa.int64()), rows)
+            scored = pa.table(columns)
+            if self.detectors is not None and rows >= 20:
+                drift = self._check_drift(good, scored[primary.config.outputs[0].name].to_numpy())
+                staging = f"{self.output_root}/{STAGING}/{fragment.part}"
+                self._write(f"{staging}/_drift", f"{fragment.index:06d}-{number}", drift)
         except Exception as error:  # the whole batch failed to score: set it aside, go on
-            reason = f"{type(error).__name__}: {error}"
-            failed.append((good, pd.Series([reason] * len(good), index=good.index)))
-            result = result.iloc[0:0]
-        self._write_errors(failed)
-        return result
+            reasons = np.full(rows, f"{type(error).__name__}: {error}", dtype=object)
+            return None, [*failed, _with_error(good, reasons)]
+        return scored, failed
 
-    def _check_drift(self, rows: pd.DataFrame, scores: np.ndarray) -> None:
+    def _check_drift(self, rows: pa.Table, scores: np.ndarray) -> pa.Table:
         detectors = self.detectors
-        checked = detectors.check(detectors.schema.encode(rows), scores)
+        checked = detectors.check(detectors.schema.encode({c: rows[c] for c in rows.column_names}), scores)
         entries = [(name, f) for name, f in checked["data"]["features"].items()]
         entries.append(("score", checked["prediction"]))
-        self._write(
-            "_drift",
-            pa.table(
-                {
-                    "name": [name for name, _ in entries],
-                    "kind": ["feature"] * (len(entries) - 1) + ["prediction"],
-                    "test": [f["test"] for _, f in entries],
-                    "statistic": [f["statistic"] for _, f in entries],
-                    "p_value": [f["p_value"] for _, f in entries],
-                    "is_drift": [f["is_drift"] for _, f in entries],
-                    "window_drift": [bool(checked["data"]["is_drift"] or checked["prediction"]["is_drift"])]
-                    * len(entries),
-                    "rows": [len(rows)] * len(entries),
-                }
-            ),
+        window_drift = bool(checked["data"]["is_drift"] or checked["prediction"]["is_drift"])
+        return pa.table(
+            {
+                "name": [name for name, _ in entries],
+                "kind": ["feature"] * (len(entries) - 1) + ["prediction"],
+                "test": [f["test"] for _, f in entries],
+                "statistic": [f["statistic"] for _, f in entries],
+                "p_value": [f["p_value"] for _, f in entries],
+                "is_drift": [f["is_drift"] for _, f in entries],
+                "window_drift": [window_drift] * len(entries),
+                "rows": [rows.num_rows] * len(entries),
+            }
         )
 
-    def _write_errors(self, failed: list[tuple[pd.DataFrame, pd.Series]]) -> None:
-        frames = []
-        for rows, reasons in failed:
-            if len(rows):
-                frame = rows.copy()
-                frame["error"] = reasons.to_numpy()
-                frames.append(frame.astype({c: str for c in rows.columns if rows[c].dtype == object}))
-        if frames:
-            self._write("_errors", pa.Table.from_pandas(pd.concat(frames), preserve_index=False))
-
-    def _write(self, folder: str, table: pa.Table) -> None:
-        self.filesystem.create_dir(f"{self.side_root}/{folder}", recursive=True)
-        pq.write_table(table, f"{self.side_root}/{folder}/{uuid.uuid4().hex}.parquet", filesystem=self.filesystem)
+    def _write(self, folder: str, name: str, table: pa.Table) -> None:
+        """A side file under a name of its fragment's, so a fragment scored again replaces its own."""
+        self.output_fs.create_dir(folder, recursive=True)
+        pq.write_table(table, f"{folder}/{name}.parquet", filesystem=self.output_fs)
 
 
-def _row_problems(version: ModelVersion, batch: pd.DataFrame) -> pd.Series:
+def _threads(config, num_cpus: float):
+    """The version's config with ONNX Runtime's threads following the CPUs the actor reserved."""
+    return config.model_copy(update={"instances": config.instances.model_copy(update={"num_cpus": num_cpus})})
+
+
+def _arrow(values: np.ndarray) -> pa.Array:
+    """A model output as an Arrow column: a value per row, or a fixed-size list per row."""
+    if values.ndim == 1:
+        return pa.array(values)
+    flat = values.reshape(len(values), -1)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
+
+
+def _with_error(rows: pa.Table, reasons: np.ndarray) -> pa.Table:
+    return rows.append_column("error", pa.array(reasons, pa.string()))
+
+
+def _row_problems(version: ModelVersion, batch: pa.Table) -> np.ndarray:
     if version.preprocessor is not None:
         return version.preprocessor.row_problems(batch)
-    return pd.Series([None] * len(batch), index=batch.index, dtype=object)
+    return np.full(batch.num_rows, None, dtype=object)
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,12 +479,12 @@ def _row_problems(version: ModelVersion, batch: pd.DataFrame) -> pd.Series:
 
 
 def run_job(plan: JobPlan) -> dict:
-    """Score every input file not done yet; returns (and writes) the summary."""
+    """Score every input file not done yet; returns (and writes) the summary. One pool of actors
+    scores the fragments of every round; a round commits as soon as its last fragment is back."""
     import ray
     from ray.data import ActorPoolStrategy
 
     settings = plan.settings
-    _check_room(settings, ray.cluster_resources().get("CPU", 0.0))
     out_fs, root = open_storage(plan.output_uri)
     job = _job_identity(plan)
     manifest = read_json(plan.output_uri, MANIFEST) or {"job": job, "done": {}}
@@ -346,59 +494,93 @@ def run_job(plan: JobPlan) -> dict:
             "give another --output"
         )
     pending = [f for f in plan.inputs if f not in manifest["done"]]
-    skipped = len(plan.inputs) - len(pending)
+    resources = ray.cluster_resources()
+    pool = _pool_size(settings, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
     _discard_uncommitted(out_fs, root, set(manifest["done"].values()))
-    started = time.perf_counter()
-    parts: list[str] = []
-    rounds = [pending[i : i + settings.files_per_round] for i in range(0, len(pending), settings.files_per_round)]
-    for number, files in enumerate(rounds, 1):
-        part = f"part-{uuid.uuid4().hex[:12]}"
-        staging = f"{root}/{STAGING}/{part}"
-        round_started = time.perf_counter()
-        dataset = ray.data.read_parquet(files, filesystem=plan.input_fs, include_paths=True)
-        scored = dataset.map_batches(
+    started, started_at = time.perf_counter(), time.time()
+    rounds = {
+        f"part-{uuid.uuid4().hex[:12]}": pending[i : i + settings.files_per_round]
+        for i in range(0, len(pending), settings.files_per_round)
+    }
+    part_of = {file: part for part, files in rounds.items() for file in files}
+    pieces = plan_fragments({f: plan.row_groups[f] for f in pending}, _rows_per_fragment(plan, pending, pool))
+    fragments = [Fragment(i, file, groups, rows, part_of[file]) for i, (file, groups, rows) in enumerate(pieces)]
+    waiting = Counter(f.part for f in fragments)
+    done: list[FragmentDone] = []
+    committed = 0
+    if fragments:
+        scored = ray.data.from_items([f.row() for f in fragments], override_num_blocks=len(fragments)).map(
             Scorer,
             fn_constructor_kwargs={
                 "repository": plan.graph.repository,
                 "model": plan.model,
                 "versions": [v.version for v in plan.versions],
+                "input_fs": plan.input_fs,
+                "columns": plan.columns,
                 "pass_through": plan.pass_through,
-                "side_uri": _uri(plan.output_uri, staging),
+                "output_uri": plan.output_uri,
+                "batch_size": settings.batch_size,
+                "num_cpus": settings.num_cpus_per_actor,
                 "drift": plan.drift.model_dump() if plan.drift else None,
             },
-            batch_size=settings.batch_size,
-            batch_format="pandas",
-            compute=ActorPoolStrategy(size=settings.num_actors),
+            compute=ActorPoolStrategy(size=min(pool, len(fragments))),
             num_cpus=settings.num_cpus_per_actor,
             num_gpus=settings.num_gpus_per_actor or None,
         )
-        scored.write_parquet(staging, filesystem=out_fs)
-        _publish(out_fs, staging, f"{root}/{part}")
-        manifest["done"].update({f: part for f in files})
-        write_json(plan.output_uri, MANIFEST, manifest)  # the commit point of the round
-        parts.append(part)
-        rows = _count(out_fs, f"{root}/{part}")
-        print(
-            f"round {number}/{len(rounds)}: {len(files)} file(s), {rows:,} rows scored "
-            f"in {time.perf_counter() - round_started:.1f} s",
-            flush=True,
-        )
+        with contextlib.closing(iter(scored.iter_rows())) as results:  # a failed commit stops the pool too
+            for row in results:
+                result = FragmentDone.of(row)
+                done.append(result)
+                waiting[result.part] -= 1
+                if waiting[result.part] == 0:
+                    _commit(plan, manifest, out_fs, root, result.part, rounds[result.part])
+                    committed += 1
+                    rows = sum(d.rows for d in done if d.part == result.part)
+                    print(
+                        f"round {committed}/{len(rounds)}: {len(rounds[result.part])} file(s), {rows:,} rows scored, "
+                        f"committed at {time.perf_counter() - started:.1f} s",
+                        flush=True,
+                    )
     _remove(out_fs, f"{root}/{STAGING}")
     elapsed = time.perf_counter() - started
-    summary = _summary(plan, out_fs, root, parts, skipped, elapsed)
+    summary = _summary(plan, out_fs, root, list(rounds), done, len(plan.inputs) - len(pending), elapsed)
+    if done:  # how long the actors took to start and load the model, and the rate once they had
+        pool_start_s = max(0.0, min(d.started_at for d in done) - started_at)
+        summary["pool_start_s"] = round(pool_start_s, 2)
+        summary["scoring_rows_per_s"] = round(summary["rows"] / max(elapsed - pool_start_s, 1e-9), 1)
     write_json(plan.output_uri, SUMMARY, summary)
     return summary
 
 
-def _check_room(settings: BatchSettings, cpus: float) -> None:
-    """Actors that take every CPU leave none for reading the files: the job would wait forever."""
-    wanted = settings.num_actors * settings.num_cpus_per_actor
-    if wanted > cpus - 1:
+def _commit(plan: JobPlan, manifest: dict, filesystem, root: str, part: str, files: list[str]) -> None:
+    """A round's files moved into place, then the manifest that records them replaced whole: the
+    round's commit point."""
+    _publish(filesystem, f"{root}/{STAGING}/{part}", f"{root}/{part}")
+    manifest["done"].update({f: part for f in files})
+    write_json(plan.output_uri, MANIFEST, manifest)
+
+
+def _pool_size(settings: BatchSettings, cpus: float, gpus: float) -> int:
+    """num_actors, or as many as the cluster's CPUs (and GPUs, where actors take them) allow; a
+    pool that asks for more than the cluster has would wait forever."""
+    fits = int(cpus // settings.num_cpus_per_actor)
+    if settings.num_gpus_per_actor:
+        fits = min(fits, int(gpus // settings.num_gpus_per_actor))
+    if settings.num_actors is None:
+        return max(1, fits)
+    if settings.num_actors > fits:
         raise InvalidInput(
-            f"the actor pool reserves {wanted:g} CPUs (num_actors {settings.num_actors} x num_cpus_per_actor "
-            f"{settings.num_cpus_per_actor:g}) of the cluster's {cpus:g}; reading and writing need at least one "
-            "more: lower num_actors or num_cpus_per_actor"
+            f"the actor pool needs {settings.num_actors} actors of {settings.num_cpus_per_actor:g} CPU(s)"
+            + (f" and {settings.num_gpus_per_actor:g} GPU(s)" if settings.num_gpus_per_actor else "")
+            + f"; the cluster has {cpus:g} CPUs and {gpus:g} GPUs, room for {fits}: lower num_actors"
         )
+    return settings.num_actors
+
+
+def _rows_per_fragment(plan: JobPlan, files: list[str], pool: int) -> int:
+    """About four fragments per actor, so that actors finish together; never below a batch."""
+    rows = sum(sum(plan.row_groups[f]) for f in files)
+    return max(plan.settings.batch_size, -(-rows // (4 * pool)))
 
 
 def _job_identity(plan: JobPlan) -> dict:
@@ -435,21 +617,9 @@ def _place(filesystem: pyarrow.fs.FileSystem, source: str, target: str) -> None:
     filesystem.move(source, target)
 
 
-def _uri(output_uri: str, path: str) -> str:
-    """A path under the output root, as a URI every actor can open."""
-    if "://" not in output_uri:
-        return path
-    scheme = output_uri.split("://", 1)[0]
-    return f"{scheme}://{path}"
-
-
 def _remove(filesystem: pyarrow.fs.FileSystem, path: str) -> None:
     if filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
         filesystem.delete_dir(path)
-
-
-def _count(filesystem: pyarrow.fs.FileSystem, folder: str) -> int:
-    return pads.dataset(folder, filesystem=filesystem, format="parquet").count_rows()
 
 
 def _side_table(filesystem: pyarrow.fs.FileSystem, root: str, parts: list[str], folder: str) -> pd.DataFrame:
@@ -462,21 +632,27 @@ def _side_table(filesystem: pyarrow.fs.FileSystem, root: str, parts: list[str], 
     ).to_pandas()
 
 
-def _summary(plan: JobPlan, filesystem, root: str, parts: list[str], skipped: int, elapsed: float) -> dict:
-    rows = sum(_count(filesystem, f"{root}/{p}") for p in parts)
-    errors = _side_table(filesystem, root, parts, "_errors")
-    actors = _side_table(filesystem, root, parts, "_actors")
+def _summary(
+    plan: JobPlan, filesystem, root: str, parts: list[str], done: list[FragmentDone], skipped: int, elapsed: float
+) -> dict:
+    rows = sum(d.rows for d in done)
+    reasons: Counter[str] = Counter()
+    for d in done:
+        reasons.update(d.errors_by_reason)
+    actors = {d.pid: {k: getattr(d, k) for k in ("node_id", "pid", "gpu_ids", "placed_on", "device")} for d in done}
     summary: dict[str, Any] = {
         "model": plan.model,
         "version": plan.version.version,
         "files": {"scored": len(plan.inputs) - skipped, "skipped_already_done": skipped},
         "rows": rows,
-        "error_rows": len(errors),
+        "error_rows": sum(reasons.values()),
         "seconds": round(elapsed, 2),
         "rows_per_s": round(rows / elapsed, 1) if elapsed > 0 else None,
-        "nodes": sorted(set(actors["node_id"])) if len(actors) else [],
-        "devices": sorted(set(actors["device"])) if "device" in actors else [],
-        "errors_by_reason": errors["error"].value_counts().head(10).to_dict() if len(errors) else {},
+        "fragments": len(done),
+        "actors": sorted(actors.values(), key=lambda a: (a["node_id"], a["pid"])),
+        "nodes": sorted({d.node_id for d in done}),
+        "devices": sorted({d.device for d in done}),
+        "errors_by_reason": dict(reasons.most_common(10)),
     }
     if len(plan.versions) > 1 and parts:
         summary["comparison"] = _comparison(plan, filesystem, root, parts)

@@ -421,13 +421,15 @@ class BatchSettings(Strict):
     """Also score the experiment's challenger in the same pass, and summarise their agreement."""
     drift: bool = False
     """Also test every batch against the model's reference with the app's drift detectors."""
-    batch_size: int = Field(4096, ge=1)
-    """Rows per call of a scoring actor."""
-    num_actors: int = Field(2, ge=1)
-    """Scoring actors (ActorPoolStrategy size): each loads the preprocessor and the model once."""
-    num_cpus_per_actor: float = Field(0.5, gt=0.0)
-    """Logical CPUs each actor reserves (ONNX Runtime uses its own threads whatever this says); the
-    pool must leave at least one CPU for Ray Data's read and write tasks, or the job waits forever."""
+    batch_size: int = Field(16384, ge=1)
+    """Rows that go through the preprocessor and the model at once (and one drift check each)."""
+    num_actors: int | None = Field(None, ge=1)
+    """Scoring actors, each of which loads the model once, then reads, scores and writes its share of
+    the files; default: as many as the cluster's CPUs allow (num_cpus_per_actor each), at most one per
+    fragment of the input."""
+    num_cpus_per_actor: float = Field(1.0, gt=0.0)
+    """Logical CPUs each actor reserves: it reads, scores and writes (ONNX Runtime runs one thread
+    per CPU reserved, as a replica does)."""
     num_gpus_per_actor: float = Field(0.0, ge=0.0)
     """GPUs per scoring actor (fractions share a GPU); ONNX Runtime then runs on CUDA."""
     pass_through: list[str] | None = None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -18,7 +20,8 @@ import pytest
 import yaml
 
 from batch import job
-from batch.job import _check_room, load_settings, plan_job, run_job
+from batch.job import _pool_size, load_settings, plan_fragments, plan_job, run_job
+from serve_app.config import free_port
 from serve_app.demo import LABEL, request_columns, synthetic_transactions
 from serve_app.errors import InvalidInput
 from serve_app.protocol.rest import request_body
@@ -65,7 +68,8 @@ def scored(output: Path) -> pd.DataFrame:
 
 
 def plan(serve_config: Path, input_path: Path, output: Path, **flags):
-    return plan_job(load_settings(str(serve_config), {"num_actors": 1, **flags}), str(input_path), str(output))
+    settings = load_settings(str(serve_config), {"num_actors": 1, "num_cpus_per_actor": 0.5, **flags})
+    return plan_job(settings, str(input_path), str(output))
 
 
 # -- bad input: refused before any work, naming the file and the column -------------------------
@@ -90,8 +94,8 @@ def test_bad_inputs_are_refused_before_any_work(serve_config, tmp_path):
         plan(serve_config, good, out, model="nope")
     with pytest.raises(InvalidInput, match="field 'batch_size'"):
         plan(serve_config, good, out, batch_size=0)
-    with pytest.raises(InvalidInput, match=r"reserves 8 CPUs .* of the cluster's 8; reading and writing need"):
-        _check_room(load_settings(str(serve_config), {"num_actors": 8, "num_cpus_per_actor": 1}), 8.0)
+    with pytest.raises(InvalidInput, match=r"needs 9 actors of 1 CPU\(s\); the cluster has 8 CPUs and 0 GPUs"):
+        _pool_size(load_settings(str(serve_config), {"num_actors": 9, "num_cpus_per_actor": 1}), 8.0, 0.0)
     assert not out.exists()
 
 
@@ -105,6 +109,21 @@ def test_the_plan_follows_the_online_app(serve_config, tmp_path):
     assert job.pass_through == ["transaction_id", LABEL]
     globbed = plan(serve_config, Path(f"{tmp_path}/in/day=*/a.parquet"), tmp_path / "out", version=2)
     assert globbed.inputs == [str(good)] and globbed.version.version == 2
+
+
+def test_the_pool_and_the_fragments_follow_the_cluster_and_the_data(serve_config):
+    settings = load_settings(str(serve_config), {})
+    assert _pool_size(settings, 8.0, 0.0) == 8  # one actor per CPU: each reads, scores and writes
+    assert _pool_size(load_settings(str(serve_config), {"num_gpus_per_actor": 0.5}), 8.0, 1.0) == 2
+    # Row groups are never split; a file's groups are gathered up to the fragment's size.
+    files = {"a": [100, 100, 100, 100, 50], "b": [1000], "c": []}
+    assert plan_fragments(files, 200) == [
+        ("a", [0, 1], 200),
+        ("a", [2, 3], 200),
+        ("a", [4], 50),
+        ("b", [0], 1000),
+        ("c", [], 0),
+    ]
 
 
 @pytest.mark.parametrize("path", BATCH_CONFIGS, ids=lambda p: p.name)
@@ -159,9 +178,9 @@ def test_an_actor_runs_where_ray_placed_it(serve_config, ray_cluster, tmp_path):
     summary = run_job(
         plan(serve_config, write(frame, tmp_path / "in.parquet"), tmp_path / "out", num_gpus_per_actor=0.5)
     )
-    actors = pd.read_parquet(next((tmp_path / "out").glob("part-*/_actors")))
-    assert actors["gpu_ids"].tolist() == ["0"] and summary["rows"] == 50
-    assert actors["placed_on"].tolist() == ["cuda"]  # the runner was told of the GPU it was given
+    [actor] = summary["actors"]
+    assert actor["gpu_ids"] == "0" and summary["rows"] == 50
+    assert actor["placed_on"] == "cuda"  # the runner was told of the GPU it was given
     if cuda_device_count() == 0:
         assert summary["devices"] == ["cpu"]
     else:
@@ -312,12 +331,51 @@ def test_an_object_store_that_cannot_take_the_output_is_refused_before_any_work(
     source = write(transactions(20, seed=70), tmp_path / "in.parquet")
     with pytest.raises(InvalidInput, match="the bucket 'no-such-bucket' does not exist"):
         plan(serve_config, source, "s3://no-such-bucket/out")
-    unreachable = "s3://batch-tests/out?endpoint_override=127.0.0.1:9&scheme=http&connect_timeout=1&request_timeout=1"
+    unreachable = "s3://batch-tests/out?endpoint_override=127.0.0.1:9&scheme=http&region=us-east-1&connect_timeout=1"
     with pytest.raises(InvalidInput, match=r"output 's3://batch-tests/out\?.*': the store cannot be used"):
         plan(serve_config, source, unreachable)
     with pytest.raises(InvalidInput, match="input 's3://no-such-bucket/in/': no such file or folder"):
         plan(serve_config, "s3://no-such-bucket/in/", f"s3://{BUCKET}/refused")
     assert not [f for f in bucket.get_file_info(pyarrow.fs.FileSelector(BUCKET)) if f.base_name == "refused"]
+
+
+@pytest.fixture
+def guarded_store() -> str:
+    """An S3-compatible server of its own that checks credentials (moto with IAM on): the session's
+    server takes any key. Its address, as a URI's query."""
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(600):  # its start: until it answers
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        # The region given: without one pyarrow would ask the public S3 endpoint for the bucket's.
+        yield f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def test_a_store_that_refuses_the_credentials_is_named_before_any_work(
+    serve_config, guarded_store, tmp_path, monkeypatch
+):
+    source = write(transactions(20, seed=71), tmp_path / "in.parquet")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "nobody")  # a key the store does not know
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    refused = r"the store cannot be used: .*ACCESS_DENIED"
+    with pytest.raises(InvalidInput, match=rf"input 's3://data/in/\?.*': {refused}"):
+        plan(serve_config, f"s3://data/in/?{guarded_store}", tmp_path / "out")
+    with pytest.raises(InvalidInput, match=rf"output 's3://data/out\?.*': {refused}"):
+        plan(serve_config, source, f"s3://data/out?{guarded_store}")
+    assert not (tmp_path / "out").exists()
 
 
 def test_champion_and_challenger_side_by_side_with_a_drift_report(serve_config, ray_cluster, tmp_path):
