@@ -49,6 +49,7 @@ logger = logging.getLogger("serve_app.batch")
 MANIFEST = "_manifest.json"
 SUMMARY = "_summary.json"
 STAGING = "_staging"
+POOL_START_TIMEOUT_S = 600
 SOURCE_COLUMN = "source_file"
 
 
@@ -509,6 +510,13 @@ def run_job(plan: JobPlan) -> dict:
     done: list[FragmentDone] = []
     committed = 0
     if fragments:
+        # The whole pool up before the first fragment is handed out, and fragments handed to any actor
+        # (a fragment's description lives where the job runs; its rows are read where it is scored),
+        # so that every actor, on every node, takes its share. A pool the cluster cannot place fails,
+        # naming it, instead of waiting.
+        context = ray.data.DataContext.get_current()
+        context.wait_for_min_actors_s = POOL_START_TIMEOUT_S
+        context.execution_options.actor_locality_enabled = False
         scored = ray.data.from_items([f.row() for f in fragments], override_num_blocks=len(fragments)).map(
             Scorer,
             fn_constructor_kwargs={
