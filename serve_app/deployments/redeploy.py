@@ -24,10 +24,13 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Awaitable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import ray
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from serve_app import ray_compat
 from serve_app.deployments.experiment import EXPERIMENTS_DEPLOYMENT
@@ -35,11 +38,13 @@ from serve_app.errors import Conflict, ServeAppError
 
 logger = logging.getLogger("ray.serve")
 LOAD_WAIT_S = 20.0
-"""Longest a load waits for the new graph before it answers 202 (still loading): under the proxy's
-request_timeout_s (30 s in configs/)."""
+"""A change answers within this long of its start, 202 (still loading) if the new graph is not up by
+then: under the proxy's timeout (HAProxy's server timeout, 30 s), which would otherwise answer a
+plain 500 for a change that went through."""
 ASK_TIMEOUT_S = 5.0
 LOCK_WAIT_S = 10.0
 """Longest a change waits for another one to this application to be submitted; then 409."""
+T = TypeVar("T")
 CONTROL_NAMESPACE = "serve-app"
 """Where the control locks live: a name every router of the cluster finds."""
 LOCK_LEASE_S = 60.0
@@ -91,7 +96,10 @@ async def redeploy(args: dict, action: str, experiments: dict[str, dict], based_
     """Called by a router replica: deploy its application again with `args` (and the experiment
     store's configured traffic of `experiments`), if its deployed config is still at version
     `based_on` (what the router was built from); what changed and whether it is all up. This
-    replica stops taking requests meanwhile and finishes this one before it stops."""
+    replica stops taking requests meanwhile and finishes this one before it stops. It answers
+    within LOAD_WAIT_S, however long the steps before the submission took on a busy machine."""
+    called = time.monotonic()
+    deadline = called + LOAD_WAIT_S
     context = serve.get_replica_context()
     app_name = context.app_name
     async with control_lock(app_name, action):
@@ -122,32 +130,48 @@ async def redeploy(args: dict, action: str, experiments: dict[str, dict], based_
         before = await asyncio.to_thread(_deployment_states, app_name)
         submitted = time.time()
         await asyncio.to_thread(_apply_applications, declared, target_capacity)
+    logger.info("%s: submitted %.1f s after the call", action, time.monotonic() - called)
     router = serve.get_deployment_handle(context.deployment, app_name)
-    deadline = time.monotonic() + LOAD_WAIT_S
-    while True:
-        states = await asyncio.to_thread(_deployment_states, app_name)
+    states, pending, routed = before, {}, False
+    while time.monotonic() < deadline:
+        states = await _by(deadline, asyncio.to_thread(_deployment_states, app_name)) or states
         # The router deployment is not HEALTHY until this replica has stopped: it is asked instead.
         pending = {n: s for n, s in states.items() if s["status"] != "HEALTHY" and n != context.deployment}
-        try:  # this replica no longer takes requests: whoever answers is a router of the new graph
-            routed = await asyncio.wait_for(router.start_time.remote(), ASK_TIMEOUT_S) > submitted
-        except Exception:  # none up yet
-            routed = False
-        if (routed and not pending and names <= set(states)) or time.monotonic() > deadline:
+        if not routed:  # this replica no longer takes requests: whoever answers is a router of the new graph
+            started = await _by(min(deadline, time.monotonic() + ASK_TIMEOUT_S), _start_time(router))
+            routed = started is not None and started > submitted
+        if routed and not pending and names <= set(states):
             break
         await asyncio.sleep(0.5)
-    done = routed and not pending
+    done = routed and not pending and names <= set(states)
     if not done:
-        logger.warning("%s: still loading after %.0f s: %s", action, LOAD_WAIT_S, pending)
+        logger.warning("%s: still loading %.0f s after the call: %s", action, LOAD_WAIT_S, pending)
     return {
         "action": action,
         "application": app_name,
         "config_version": config_version(args),
         "state": "READY" if done else "LOADING",
-        "added": sorted(set(states) - set(before)),
-        "removed": sorted(set(before) - set(states)),
+        "added": sorted(names - set(before)),
+        "removed": sorted(set(before) - names),
         "overrides_dropped": dropped,
         "pending": pending,
     }
+
+
+async def _by(deadline: float, awaitable: Awaitable[T]) -> T | None:
+    """What `awaitable` gives, or None when it has not by `deadline` (time.monotonic())."""
+    try:
+        return await asyncio.wait_for(awaitable, max(0.0, deadline - time.monotonic()))
+    except asyncio.TimeoutError:
+        return None
+
+
+async def _start_time(router: DeploymentHandle) -> float | None:
+    """When the router replica that takes this call started; None while none is up."""
+    try:
+        return await router.start_time.remote()
+    except Exception:  # none up yet (the old one stopping, the new one starting)
+        return None
 
 
 def _declared_applications() -> tuple[dict[str, dict], float | None]:
