@@ -314,7 +314,7 @@ def plan_fragments(row_groups: dict[str, list[int]], rows_per_fragment: int) -> 
             if rows >= rows_per_fragment:
                 fragments.append((path, groups, rows))
                 groups, rows = [], 0
-        if groups or not fragments or fragments[-1][0] != path:
+        if groups or not sizes:  # the rest, or an empty file (its fragment writes nothing)
             fragments.append((path, groups, rows))
     return fragments
 

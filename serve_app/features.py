@@ -221,9 +221,14 @@ class Preprocessor:
         return (x - f.mean) / f.std
 
     def _codes(self, f: CategoricalFeature, column: Column) -> np.ndarray:
-        """Each value's one-hot position, OTHER for a category not seen in training (a hash lookup in Arrow)."""
-        codes = pc.index_in(_text(f.name, column), value_set=self._category_values[f.name])
-        return codes.fill_null(len(f.categories)).to_numpy(zero_copy_only=False)
+        """Each value's one-hot position, OTHER for a category not seen in training."""
+        return category_codes(_text(f.name, column), self._category_values[f.name])
+
+
+def category_codes(text: pa.Array | pa.ChunkedArray, categories: pa.Array) -> np.ndarray:
+    """Each value's position among `categories`, len(categories) for any other (an Arrow hash lookup)."""
+    codes = pc.index_in(text, value_set=categories)
+    return codes.fill_null(len(categories)).to_numpy(zero_copy_only=False)
 
 
 def _log(x: np.ndarray) -> np.ndarray:
@@ -236,9 +241,12 @@ def _numpy(column: Column) -> np.ndarray:
     return np.asarray(column)
 
 
+def _not_text(name: str) -> InvalidInput:
+    return InvalidInput(f"input '{name}' must hold UTF-8 strings")
+
+
 def _text(name: str, column: Column) -> pa.Array | pa.ChunkedArray:
     """A column of text as Arrow strings: str or UTF-8 bytes, without gaps."""
-    refused = InvalidInput(f"input '{name}' must hold UTF-8 strings")
     if not isinstance(column, pa.Array | pa.ChunkedArray):
         values = np.asarray(column, dtype=object)
         try:
@@ -247,16 +255,16 @@ def _text(name: str, column: Column) -> pa.Array | pa.ChunkedArray:
             try:
                 column = pa.array([v.decode("utf-8") if isinstance(v, bytes) else v for v in values], pa.string())
             except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError):
-                raise refused from None
+                raise _not_text(name) from None
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
     if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
         try:
             column = column.cast(pa.string())  # checks the UTF-8
         except pa.ArrowInvalid:
-            raise refused from None
+            raise _not_text(name) from None
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)) or column.null_count:
-        raise refused
+        raise _not_text(name)
     return column
 
 

@@ -9,11 +9,12 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pydantic import Field
 
 from serve_app.config import DriftSettings, Strict
 from serve_app.errors import RepositoryError
-from serve_app.features import BooleanFeature, CategoricalFeature, Preprocessor
+from serve_app.features import BooleanFeature, CategoricalFeature, Preprocessor, category_codes
 from serve_app.repository import ModelVersion
 from serve_app.scores import row_scores
 
@@ -49,9 +50,7 @@ class FeatureSchema(Strict):
             if feature.kind == "numeric":
                 out[:, i] = values.astype(np.float64)
             else:
-                index = {c: code for code, c in enumerate(feature.categories)}
-                other = len(feature.categories)
-                out[:, i] = [index.get(_text(v), other) for v in values]
+                out[:, i] = category_codes(_as_text(values), pa.array(feature.categories, pa.string()))
         return out
 
     @classmethod
@@ -81,6 +80,16 @@ class FeatureSchema(Strict):
                 categories = sorted({_text(v) for v in column.dropna()})
                 features.append(DriftFeature(name=name, kind="categorical", categories=categories))
         return cls(features=features)
+
+
+def _as_text(values: np.ndarray) -> pa.Array:
+    """Values as the text a category is named by: booleans as 'True'/'False', bytes decoded."""
+    if values.dtype == np.bool_:
+        return pa.array(np.where(values, "True", "False"), pa.string())
+    try:
+        return pa.array(values, pa.string())  # strings, the usual case, at C speed
+    except pa.ArrowException:
+        return pa.array([_text(v) for v in values], pa.string())
 
 
 def _text(value: Any) -> str:
