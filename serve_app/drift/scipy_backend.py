@@ -18,7 +18,6 @@ from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import chi2_contingency, ks_2samp
 
 
 class WindowTests:
@@ -36,6 +35,10 @@ class WindowTests:
         x = x.reshape(len(x), -1)
         if x.shape[1] != self.x_ref.shape[1]:
             raise ValueError(f"the window has {x.shape[1]} columns; the reference has {self.x_ref.shape[1]}")
+        # Here, not at the top: SciPy's stats take 1.1 s to import, and every router imports this
+        # package (its drift feed) though only the drift monitor scores.
+        from scipy.stats import chi2_contingency, ks_2samp
+
         p_values = np.zeros(x.shape[1], dtype=np.float32)
         statistics = np.zeros_like(p_values)
         for j in range(x.shape[1]):
