@@ -25,20 +25,6 @@ from serve_app.messages import Pipeline
 from serve_app.repository import ModelRepository, ModelVersion
 
 DRIFT_DEPLOYMENT = "drift-monitor"
-SURGE_PERCENT = 25
-"""A change to the application (load, unload, traffic, serve deploy) restarts every replica: Serve's
-code version is the application's args. A replacement of a router, preprocessor or model replica
-starts before the replica it replaces stops, a quarter of a deployment's replicas at a time and at
-least one (Kubernetes' rolling update), so no version goes without a replica meanwhile. It needs room
-for one more replica; a Serve config's `max_surge_percent: 0` on a deployment stops each old replica
-first instead. The experiment store and the drift monitor hold state they hand over through storage:
-the old one stops (and saves) before the new one starts (and loads)."""
-
-
-def surge(num_gpus: float = 0.0) -> int:
-    """A deployment's max_surge_percent: none for replicas on GPUs, where a spare one is rare (the
-    replacement would wait for it, and the change with it)."""
-    return 0 if num_gpus > 0 else SURGE_PERCENT
 
 
 def build_app(args: dict) -> Application:
@@ -64,7 +50,6 @@ def router(settings: GraphArgs):
         # The router is rarely what saturates; the versions behind it shed (max_queued_requests).
         max_queued_requests=settings.max_ongoing_requests_ingress,
         graceful_shutdown_timeout_s=LOAD_WAIT_S + 30,
-        max_surge_percent=surge(),
         ray_actor_options={"num_cpus": settings.num_cpus_ingress},
     )
 
@@ -139,7 +124,6 @@ def version_pipeline(repository: str, version: ModelVersion, settings: GraphArgs
             num_replicas=config.instances.num_replicas,
             max_ongoing_requests=settings.max_ongoing_requests_ingress,
             max_queued_requests=settings.max_queued_requests,
-            max_surge_percent=surge(),
             ray_actor_options={"num_cpus": settings.num_cpus_ingress},
         ).bind(repository, config.name, version.version)
     runner = ModelDeployment.options(
@@ -149,7 +133,6 @@ def version_pipeline(repository: str, version: ModelVersion, settings: GraphArgs
         max_ongoing_requests=max(2 * config.dynamic_batching.max_batch_size, config.max_batch_size),
         max_queued_requests=settings.max_queued_requests,
         user_config=config.dynamic_batching.model_dump(),
-        max_surge_percent=surge(config.instances.num_gpus),
         ray_actor_options={"num_cpus": config.instances.num_cpus, "num_gpus": config.instances.num_gpus},
     ).bind(repository, config.name, version.version, preprocess=in_model, statistics=statistics)
     return Pipeline(config.name, version.version, runner, preprocessor)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
-from ray.serve.deployment import deployment_to_schema
 
 from graphs.champion_challenger import build_app
-from graphs.single_model import SURGE_PERCENT, surge
 from serve_app import ray_compat
 from serve_app.errors import RepositoryError
 
@@ -52,19 +50,3 @@ def test_the_graph_builds_with_the_experiment_store(demo_repository, tmp_path):
     app = build_app(_args(demo_repository, tmp_path, challenger_weight=0.05))
     router = ray_compat.bound_deployment(app)
     assert router.name == "Router" and ray_compat.bound_deployment(router.init_args[2]).name == "experiments"
-
-
-def test_stateless_replicas_are_replaced_before_they_stop_and_stateful_ones_after(demo_repository, tmp_path):
-    """A change restarts every replica: routers, preprocessors and CPU models start their
-    replacement first (no version without a replica meanwhile); the experiment store and the drift
-    monitor save before their successor loads; a GPU model waits for no spare GPU."""
-    args = {**_args(demo_repository, tmp_path), "preprocessing": "replica", "drift": {"fraud": {}}}
-    surges = {d.name: _surge(d) for d in ray_compat.bound_deployments(build_app(args))}
-    stateless = ["Router", "fraud-v1-model", "fraud-v1-preprocessor", "fraud-v2-model", "fraud-v2-preprocessor"]
-    assert surges == {**dict.fromkeys(stateless, SURGE_PERCENT), "experiments": 0, "drift-monitor": 0}
-    assert surge(num_gpus=0.5) == 0
-
-
-def _surge(deployment) -> int:
-    options = deployment_to_schema(deployment).model_dump(exclude_unset=True)
-    return options.get("max_surge_percent", 0)  # Serve's default: stop, then start
