@@ -37,10 +37,10 @@ from serve_app.deployments.experiment import EXPERIMENTS_DEPLOYMENT
 from serve_app.errors import Conflict, ServeAppError
 
 logger = logging.getLogger("ray.serve")
-LOAD_WAIT_S = 20.0
+LOAD_WAIT_S = 25.0
 """A change answers within this long of its start, 202 (still loading) if the new graph is not up by
-then: under the proxy's timeout (HAProxy's server timeout, 30 s), which would otherwise answer a
-plain 500 for a change that went through."""
+then: under the proxy's timeout (HAProxy's server timeout, 30 s, with room for the answer), which
+would otherwise answer a plain 500 for a change that went through."""
 ASK_TIMEOUT_S = 5.0
 LOCK_WAIT_S = 10.0
 """Longest a change waits for another one to this application to be submitted; then 409."""

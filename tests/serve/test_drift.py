@@ -24,6 +24,7 @@ from serve_app.demo import LABEL, request_columns, synthetic_transactions
 from serve_app.drift import drift_history
 from serve_app.gateway import BACKGROUND_INTERVAL_S
 from serve_app.protocol.rest import request_body
+from tests.helpers import wait_until
 
 APP = "drift"
 PREFIX = "/drift"
@@ -168,8 +169,16 @@ def test_each_version_is_checked_per_window_and_logged(http, app):
     assert last["data"]["features"]["amount"]["test"] == "ks"
     assert 0.0 <= last["prediction"]["p_value"] <= 1.0 and last["rows"] == WINDOW
     assert {v["mode"] for v in versions.values()} == {"window"} and current["episode"] is None
-    history = drift_history(str(app["storage"]), "fraud")
-    assert set(history["kind"]) == {"feature", "prediction"} and len(history) >= 3 * (len(last["data"]["features"]) + 1)
+    # The monitor writes its log after the checks a report already shows.
+    expected = 3 * (len(last["data"]["features"]) + 1)
+
+    def logged() -> list[pd.DataFrame] | None:
+        history = drift_history(str(app["storage"]), "fraud")
+        return [history] if len(history) >= expected else None
+
+    logs = wait_until(logged, 60)
+    assert logs, "the monitor's log never held three windows' checks"
+    assert set(logs[0]["kind"]) == {"feature", "prediction"}
 
 
 def test_drift_statistics_reach_prometheus(app, ray_cluster):
@@ -193,7 +202,9 @@ def test_drift_alerts_once_freezes_the_experiment_and_clears(http, app):
         http, lambda r: r["episode"] is not None and r["alerts"] and "delivery" in r["alerts"][-1], 200, "shifted", True
     )
     alert = current["alerts"][-1]
-    assert {"amount", "merchant_category"} <= set(alert["evidence"][-1]["drifting_features"])
+    # The alert's evidence names both shifted features (a window of 200 rows may miss the smaller
+    # category shift by chance; both windows of the evidence rarely do).
+    assert {"amount", "merchant_category"} <= {f for window in alert["evidence"] for f in window["drifting_features"]}
     assert alert["delivery"]["webhook"] == "HTTP 200" and alert["delivery"]["command"] == "exit 0"
     alerted_at = checked(current)  # more drifting windows: the open episode is not alerted again
     send_until(http, lambda r: checked(r) >= alerted_at + 3, 250, "still-shifted", True)
