@@ -10,7 +10,7 @@ comma := ,
 EXTRAS := dev,torch,drift$(if $(filter 1,$(CUDA)),$(comma)cuda)
 INSTALLED := $(VENV)/.installed$(if $(filter 1,$(CUDA)),-cuda)
 
-.PHONY: install demo run test test-stories test-object-store check-install soak reliability-report docs audit lock lint format bench bench-env perf-analyzer proto clean
+.PHONY: install demo run test test-stories test-object-store test-live-changes check-install soak reliability-report docs audit lock lint format bench bench-env perf-analyzer proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,9 +40,14 @@ run: install demo
 	$(RAY_SERVE_ENV) $(BIN)/serve run configs/local.yaml
 
 # The install checks (pytest marker `install`) are left to make check-install, the stories to make test-stories,
-# the object-store crashes to make test-object-store.
+# the object-store crashes to make test-object-store, the live changes to make test-live-changes.
 test: install
-	$(BIN)/python -m pytest -m 'not install and not stories and not object_store' --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m 'not install and not stories and not object_store and not live_changes' --durations=15 $(PYTEST_ARGS)
+
+# Applications changed under traffic (the repository API's load and unload, serve deploy, changes racing,
+# a two-node cluster), each a redeploy that restarts every replica: a session of its own, about twelve minutes.
+test-live-changes: install
+	$(BIN)/python -m pytest -m live_changes --durations=10 tests/serve tests/e2e/test_triton_tools.py $(PYTEST_ARGS)
 
 # The seed's stories (shadow, challenger, drift) played end to end by `serve-app simulate`: a session of their own.
 test-stories: install

@@ -61,6 +61,7 @@ def test_triton_tools_read_config_and_statistics_of_model_replicas(protocol, ser
     assert output.count("ok:") >= 20
 
 
+@pytest.mark.live_changes
 @pytest.mark.parametrize(("protocol", "control"), [("http", "echo"), ("grpc", "fraud,dense")])
 def test_triton_tools_load_and_unload_every_demo_model(protocol, control, routed_app, ray_cluster):
     url = routed_app.removeprefix("http://") if protocol == "http" else ray_cluster.grpc_target

@@ -8,6 +8,7 @@ import time
 
 import httpx
 import numpy as np
+import pytest
 from ray import serve
 
 from serve_app.demo import request_columns, synthetic_transactions
@@ -85,6 +86,7 @@ def _deploy(cluster, root, config_path, **batching) -> None:
     serve_deploy(cluster.dashboard_url, application, config_path, applied)
 
 
+@pytest.mark.live_changes
 def test_batching_knobs_change_live_through_serve_deploy(ray_cluster, demo_repository, tmp_path):
     root = tmp_path / "repo"
     shutil.copytree(demo_repository, root)

@@ -15,6 +15,8 @@ from serve_app.onboarding import register
 from tests.conftest import ADMIN_TOKEN
 from tests.helpers import graph_application, serve_deploy, wait_until
 
+pytestmark = pytest.mark.live_changes  # make test-live-changes: a session of its own
+
 APP = "races"
 PREFIX = "/races"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -184,6 +184,7 @@ def test_a_restart_keeps_the_experiment_and_the_log_is_exact(app, client, experi
     assert after["arms"]["champion"]["requests"] >= before["arms"]["champion"]["requests"] > 0
 
 
+@pytest.mark.live_changes
 def test_weights_change_live_through_serve_deploy(ray_cluster, experiment_args, client, tmp_path):
     """Ops edit the experiments deployment's user_config and `serve deploy` again: no replica restarts."""
     args = {**experiment_args, "storage_uri": str(tmp_path / "storage"), "num_replicas_ingress": 1}

@@ -20,6 +20,8 @@ from serve_app.protocol.rest import request_body
 from tests.conftest import ADMIN_TOKEN
 from tests.helpers import Traffic, graph_application, send_change, serve_deploy, wait_until
 
+pytestmark = pytest.mark.live_changes  # make test-live-changes: a session of its own
+
 APP = "control"
 PREFIX = "/control"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

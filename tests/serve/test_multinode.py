@@ -26,6 +26,8 @@ from serve_app.protocol.rest import request_body
 from tests.conftest import LOCAL_CONFIG
 from tests.helpers import Traffic
 
+pytestmark = pytest.mark.live_changes  # make test-live-changes: a session of its own
+
 BIN = Path(sys.executable).parent
 BODY = request_body(request_columns(synthetic_transactions(1, seed=91)))
 START_TIMEOUT_S = 180
