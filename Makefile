@@ -45,7 +45,7 @@ test: install
 	$(BIN)/python -m pytest -m 'not install and not stories and not object_store and not live_changes' --durations=15 $(PYTEST_ARGS)
 
 # Applications changed under traffic (the repository API's load and unload, serve deploy, changes racing,
-# a two-node cluster), each a redeploy that restarts every replica: a session of its own, about twelve minutes.
+# a two-node cluster), each a redeploy that restarts every replica: a session of its own, about ten minutes.
 test-live-changes: install
 	$(BIN)/python -m pytest -m live_changes --durations=10 tests/serve tests/e2e/test_triton_tools.py $(PYTEST_ARGS)
 
