@@ -510,13 +510,6 @@ def run_job(plan: JobPlan) -> dict:
     done: list[FragmentDone] = []
     committed = 0
     if fragments:
-        # The whole pool up before the first fragment is handed out, and fragments handed to any actor
-        # (a fragment's description lives where the job runs; its rows are read where it is scored),
-        # so that every actor, on every node, takes its share. A pool the cluster cannot place fails,
-        # naming it, instead of waiting.
-        context = ray.data.DataContext.get_current()
-        context.wait_for_min_actors_s = POOL_START_TIMEOUT_S
-        context.execution_options.actor_locality_enabled = False
         scored = ray.data.from_items([f.row() for f in fragments], override_num_blocks=len(fragments)).map(
             Scorer,
             fn_constructor_kwargs={
@@ -535,6 +528,12 @@ def run_job(plan: JobPlan) -> dict:
             num_cpus=settings.num_cpus_per_actor,
             num_gpus=settings.num_gpus_per_actor or None,
         )
+        # The whole pool up before the first fragment is handed out, and fragments handed to any actor
+        # (a fragment's description lives where the job runs; its rows are read where it is scored),
+        # so that every actor, on every node, takes its share. A pool the cluster cannot place fails,
+        # naming it, instead of waiting. Set on this dataset's own copy of the context, not the process's.
+        scored.context.wait_for_min_actors_s = POOL_START_TIMEOUT_S
+        scored.context.execution_options.actor_locality_enabled = False
         with contextlib.closing(iter(scored.iter_rows())) as results:  # a failed commit stops the pool too
             for row in results:
                 result = FragmentDone.of(row)

@@ -36,6 +36,7 @@ from serve_app import ray_compat
 from serve_app.deployments.experiment import EXPERIMENTS_DEPLOYMENT
 from serve_app.errors import Conflict, ServeAppError
 
+T = TypeVar("T")
 logger = logging.getLogger("ray.serve")
 LOAD_WAIT_S = 25.0
 """A change answers within this long of its start, 202 (still loading) if the new graph is not up by
@@ -44,7 +45,6 @@ would otherwise answer a plain 500 for a change that went through."""
 ASK_TIMEOUT_S = 5.0
 LOCK_WAIT_S = 10.0
 """Longest a change waits for another one to this application to be submitted; then 409."""
-T = TypeVar("T")
 CONTROL_NAMESPACE = "serve-app"
 """Where the control locks live: a name every router of the cluster finds."""
 LOCK_LEASE_S = 60.0
@@ -132,18 +132,17 @@ async def redeploy(args: dict, action: str, experiments: dict[str, dict], based_
         await asyncio.to_thread(_apply_applications, declared, target_capacity)
     logger.info("%s: submitted %.1f s after the call", action, time.monotonic() - called)
     router = serve.get_deployment_handle(context.deployment, app_name)
-    states, pending, routed = before, {}, False
-    while time.monotonic() < deadline:
+    states, pending, routed, done = before, {}, False, False
+    while not done and time.monotonic() < deadline:
         states = await _by(deadline, asyncio.to_thread(_deployment_states, app_name)) or states
         # The router deployment is not HEALTHY until this replica has stopped: it is asked instead.
         pending = {n: s for n, s in states.items() if s["status"] != "HEALTHY" and n != context.deployment}
         if not routed:  # this replica no longer takes requests: whoever answers is a router of the new graph
             started = await _by(min(deadline, time.monotonic() + ASK_TIMEOUT_S), _start_time(router))
             routed = started is not None and started > submitted
-        if routed and not pending and names <= set(states):
-            break
-        await asyncio.sleep(0.5)
-    done = routed and not pending and names <= set(states)
+        done = routed and not pending and names <= set(states)
+        if not done:
+            await asyncio.sleep(0.5)
     if not done:
         logger.warning("%s: still loading %.0f s after the call: %s", action, LOAD_WAIT_S, pending)
     return {
