@@ -29,6 +29,7 @@ from serve_app.features import Preprocessor
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 logger = logging.getLogger("serve_app.repository")
 
@@ -92,13 +93,12 @@ class ModelVersion:
         """What the client sends: the preprocessor's raw columns, or the model's own tensors."""
         return self.preprocessor.input_specs if self.preprocessor else list(self.config.inputs)
 
-    def frame_tensors(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        """The model's tensors for a frame's rows, as a request's columns become them: through the
-        version's preprocessor, else one stacked column per model input."""
+    def frame_tensors(self, frame: pd.DataFrame | pa.Table) -> dict[str, np.ndarray]:
+        """The model's tensors for a frame's rows (pandas or Arrow), as a request's columns become
+        them: through the version's preprocessor, which takes the columns as they are (Arrow text
+        stays Arrow: no Python string per value), else one stacked column per model input."""
         if self.preprocessor is not None:
-            return self.preprocessor.transform(
-                {f.name: frame[f.name].to_numpy() for f in self.preprocessor.spec.features}
-            )
+            return self.preprocessor.transform({f.name: frame[f.name] for f in self.preprocessor.spec.features})
         return {spec.name: np.stack(frame[spec.name].to_numpy()) for spec in self.config.inputs}
 
     def check(self) -> None:
