@@ -108,8 +108,6 @@ def load_settings(config: str, overrides: dict[str, Any]) -> BatchSettings:
 def graph_args(settings: BatchSettings) -> GraphArgs:
     """The application's args, as the online graph builder reads them (paths relative to the
     working directory, as `serve run` resolves them)."""
-    from graphs.single_model import resolve_paths
-
     source = settings.serve_config
     applications = yaml.safe_load(Path(source).read_text()).get("applications") or []
     app = next((a for a in applications if settings.app in (None, a.get("name"))), None)
@@ -118,7 +116,7 @@ def graph_args(settings: BatchSettings) -> GraphArgs:
     args = app.get("args") or {}
     model = ExperimentGraphArgs if "experiments" in args else GraphArgs
     try:
-        return resolve_paths(model.model_validate(args))
+        return model.model_validate(args).with_resolved_paths()
     except ValidationError as error:
         raise InvalidInput(describe_validation_error(error, f"{source} (args of '{app.get('name')}')")) from None
 

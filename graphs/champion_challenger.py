@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from ray.serve import Application
 
-from graphs.single_model import drift_monitor, resolve_paths, router, version_pipelines
+from graphs.single_model import drift_monitor, router, version_pipelines
 from serve_app.config import ExperimentGraphArgs, GraphArgs
 from serve_app.deployments.experiment import EXPERIMENTS_DEPLOYMENT, ExperimentDeployment
 from serve_app.deployments.redeploy import config_version
@@ -31,7 +31,7 @@ from serve_app.repository import ModelRepository
 
 
 def build_app(args: dict) -> Application:
-    settings = resolve_paths(ExperimentGraphArgs.model_validate(args))
+    settings = ExperimentGraphArgs.model_validate(args).with_resolved_paths()
     repository = ModelRepository(settings.repository)
     served = repository.check(settings.models, settings.versions)  # a broken repository fails at start
     loaded = {(v.name, v.version) for v in served}

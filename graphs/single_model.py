@@ -8,8 +8,6 @@ applications:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ray.serve import Application
 
 from serve_app.config import GraphArgs
@@ -28,7 +26,7 @@ DRIFT_DEPLOYMENT = "drift-monitor"
 
 
 def build_app(args: dict) -> Application:
-    settings = resolve_paths(GraphArgs.model_validate(args))
+    settings = GraphArgs.model_validate(args).with_resolved_paths()
     served = ModelRepository(settings.repository).check(settings.models, settings.versions)  # fails at start
     statistics = new_statistics_board()
     return router(settings).bind(
@@ -52,17 +50,6 @@ def router(settings: GraphArgs):
         graceful_shutdown_timeout_s=LOAD_WAIT_S + 30,
         ray_actor_options={"num_cpus": settings.num_cpus_ingress},
     )
-
-
-def resolve_paths(settings: GraphArgs) -> GraphArgs:
-    """Local paths resolved here, in the process that reads the config, so every replica agrees."""
-
-    def resolved(path: str | None) -> str | None:
-        return path if path is None or "://" in path else str(Path(path).resolve())
-
-    drift = {m: d.model_copy(update={"reference": resolved(d.reference)}) for m, d in settings.drift.items()}
-    paths = {"repository": resolved(settings.repository), "storage_uri": resolved(settings.storage_uri)}
-    return settings.model_copy(update={**paths, "drift": drift})
 
 
 def drift_monitor(settings: GraphArgs, served: list[ModelVersion], experiments: Application | None = None):

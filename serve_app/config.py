@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import socket
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -377,6 +378,17 @@ class GraphArgs(Strict):
     versions: dict[str, Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]] = {}
     """Versions to serve per model, instead of its config's version_policy (what the repository
     API's load and unload change; an experiment's versions are served in any case)."""
+
+    def with_resolved_paths(self) -> GraphArgs:
+        """Local paths made absolute here, in the process that reads the config, so that every
+        replica (and a batch job's actors) agree whatever their working directory."""
+
+        def resolved(path: str | None) -> str | None:
+            return path if path is None or "://" in path else str(Path(path).resolve())
+
+        drift = {m: d.model_copy(update={"reference": resolved(d.reference)}) for m, d in self.drift.items()}
+        paths = {"repository": resolved(self.repository), "storage_uri": resolved(self.storage_uri)}
+        return self.model_copy(update={**paths, "drift": drift})
 
 
 def describe_validation_error(error: ValidationError, source: str) -> str:
