@@ -9,6 +9,10 @@ itself (whose start it reports apart), then on a cluster that is up and has run 
 `ray job submit` meets it). With --two-node, the job on a local cluster of one node of one CPU, then
 of two such nodes: rows/s with one actor against two, each on its own node.
 
+On the running cluster it also measures the floor of any job's pool start there (bare actors that
+only import what a scoring actor must, actor_start_floor.py), beside the target's time (twice the
+loop's): a floor above it is a target no job on that cluster can meet.
+
 Writes benchmarks/results/batch_throughput-<date>.json. Nothing here is asserted.
 """
 
@@ -83,10 +87,19 @@ def batch_job(config: Path, data: Path, output: Path, batch_size: int, address: 
     return {**{k: summary.get(k) for k in keys}, "actors": len(summary["actors"]), "nodes": len(summary["nodes"])}
 
 
+def actor_start_floor(address: str, actors: int) -> float:
+    """Seconds from a new driver's connection until `actors` bare actors have imported what a
+    scoring actor must (actor_start_floor.py): no job on this cluster can start its pool faster."""
+    probe = [sys.executable, str(Path(__file__).with_name("actor_start_floor.py")), address, str(actors)]
+    done = subprocess.run(probe, capture_output=True, text=True, cwd=ROOT, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
+
+
 def on_running_cluster(nodes: int, cpus: int, job) -> dict:
     """The job twice on a local cluster of `nodes` nodes of `cpus` CPUs (ray.cluster_utils: a raylet
     each), as `ray job submit` runs it on a cluster that is up: the first job also starts Ray Data's
-    own actors, which stay for the jobs after it; the second is what every later job costs."""
+    own actors, which stay for the jobs after it; the second is what every later job costs. Then
+    the floor of a pool's start on that cluster (actor_start_floor)."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus, "include_dashboard": False})
@@ -94,7 +107,12 @@ def on_running_cluster(nodes: int, cpus: int, job) -> dict:
         cluster.add_node(num_cpus=cpus)
     cluster.wait_for_nodes()
     try:
-        return {"first_job": job(cluster.address), "next_job": job(cluster.address)}
+        first, after = job(cluster.address), job(cluster.address)
+        return {
+            "first_job": first,
+            "next_job": after,
+            "pool_start_floor_s": actor_start_floor(cluster.address, after["actors"]),
+        }
     finally:
         cluster.shutdown()
 
@@ -123,7 +141,9 @@ def main() -> None:
         return batch_job(config, workdir / "data", workdir / "by-job", args.batch_size, address)
 
     fresh = job()  # the command line starts a local cluster of the machine's CPUs
-    running = on_running_cluster(1, os.cpu_count() or 1, job)["next_job"]
+    on_cluster = on_running_cluster(1, os.cpu_count() or 1, job)
+    running = on_cluster["next_job"]
+    target_s = 2 * baseline["seconds"]  # the job at 0.5x the loop's rows/s
     result = {
         **result_header("batch_throughput" if args.rows == 1_000_000 else f"batch_throughput-{args.rows}-rows"),
         "rows": args.rows,
@@ -135,6 +155,8 @@ def main() -> None:
         "ratio_new_cluster": round(fresh["rows_per_s"] / baseline["rows_per_s"], 3),
         "ratio_running_cluster": round(running["rows_per_s"] / baseline["rows_per_s"], 3),
         "ratio_once_the_pool_is_up": round(running["scoring_rows_per_s"] / baseline["rows_per_s"], 3),
+        "target_seconds": round(target_s, 2),
+        "pool_start_floor_s": on_cluster["pool_start_floor_s"],
     }
     if args.two_node:
         one, two = (on_running_cluster(nodes, 1, job)["next_job"] for nodes in (1, 2))
