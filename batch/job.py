@@ -43,7 +43,7 @@ from serve_app.config import BatchSettings, DriftSettings, ExperimentGraphArgs, 
 from serve_app.errors import InvalidInput, RepositoryError
 from serve_app.repository import ModelRepository, ModelVersion
 from serve_app.scores import positive
-from serve_app.storage import open_storage, read_json, write_json
+from serve_app.storage import absolute_uri, bucket_of, open_storage, read_json, write_json
 
 logger = logging.getLogger("serve_app.batch")
 MANIFEST = "_manifest.json"
@@ -213,7 +213,7 @@ def check_output(output_uri: str) -> None:
     no bucket on a write): otherwise an error naming it, before any work."""
     try:
         filesystem, root = open_storage(output_uri)
-        bucket = root.split("/", 1)[0] if "://" in output_uri and not output_uri.startswith("file:") else None
+        bucket = bucket_of(filesystem, root)
         if bucket is not None and filesystem.get_file_info(bucket).type == pyarrow.fs.FileType.NotFound:
             raise InvalidInput(f"output '{output_uri}': the bucket '{bucket}' does not exist")
         filesystem.get_file_info(root)
@@ -590,8 +590,7 @@ def _rows_per_fragment(plan: JobPlan, files: list[str], pool: int) -> int:
 
 def _job_identity(plan: JobPlan) -> dict:
     """What an output folder's manifest belongs to: resuming another job's output would mix them."""
-    source = plan.input_uri if "://" in plan.input_uri else str(Path(plan.input_uri).resolve())
-    return {"model": plan.model, "versions": [v.version for v in plan.versions], "input": source}
+    return {"model": plan.model, "versions": [v.version for v in plan.versions], "input": absolute_uri(plan.input_uri)}
 
 
 def _discard_uncommitted(filesystem: pyarrow.fs.FileSystem, root: str, committed: set[str]) -> None:

@@ -12,12 +12,23 @@ from typing import Any
 
 import pyarrow.fs
 
+OBJECT_STORES = frozenset({"s3", "gcs", "abfs"})
+"""pyarrow filesystems whose first path component is a bucket (or container), which no write creates."""
+
+
+def absolute_uri(uri: str) -> str:
+    """A URI as it is, a plain path made absolute: the same store and place whatever the working directory."""
+    return uri if "://" in uri else str(Path(uri).resolve())
+
 
 def open_storage(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
     """A pyarrow filesystem and root path for a storage URI; a plain path is a local folder."""
-    if "://" not in uri:
-        uri = str(Path(uri).resolve())
-    return pyarrow.fs.FileSystem.from_uri(uri)
+    return pyarrow.fs.FileSystem.from_uri(absolute_uri(uri))
+
+
+def bucket_of(filesystem: pyarrow.fs.FileSystem, path: str) -> str | None:
+    """The bucket a path lies in, on an object store; None elsewhere."""
+    return path.split("/", 1)[0] if filesystem.type_name in OBJECT_STORES else None
 
 
 def write_json(uri: str, relative_path: str, document: Any) -> None:
