@@ -43,7 +43,7 @@ from serve_app.config import BatchSettings, DriftSettings, ExperimentGraphArgs, 
 from serve_app.errors import InvalidInput, RepositoryError
 from serve_app.repository import ModelRepository, ModelVersion
 from serve_app.scores import positive
-from serve_app.storage import absolute_uri, bucket_of, open_storage, read_json, write_json
+from serve_app.storage import absolute_uri, bucket_of, open_storage, read_json, without_secrets, write_json
 
 logger = logging.getLogger("serve_app.batch")
 MANIFEST = "_manifest.json"
@@ -590,7 +590,8 @@ def _rows_per_fragment(plan: JobPlan, files: list[str], pool: int) -> int:
 
 def _job_identity(plan: JobPlan) -> dict:
     """What an output folder's manifest belongs to: resuming another job's output would mix them."""
-    return {"model": plan.model, "versions": [v.version for v in plan.versions], "input": absolute_uri(plan.input_uri)}
+    source = without_secrets(absolute_uri(plan.input_uri))  # written in the manifest: no credentials
+    return {"model": plan.model, "versions": [v.version for v in plan.versions], "input": source}
 
 
 def _discard_uncommitted(filesystem: pyarrow.fs.FileSystem, root: str, committed: set[str]) -> None:

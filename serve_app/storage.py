@@ -21,6 +21,20 @@ def absolute_uri(uri: str) -> str:
     return uri if "://" in uri else str(Path(uri).resolve())
 
 
+SECRET_QUERY_KEYS = frozenset({"access_key", "secret_key", "session_token", "access_token"})
+"""Credentials a pyarrow URI may carry in its query: never written anywhere."""
+
+
+def without_secrets(uri: str) -> str:
+    """The URI with any credentials dropped from its query, the rest as written: the store and the
+    place, safe to record."""
+    path, mark, query = uri.partition("?")
+    if not mark:
+        return uri
+    kept = [item for item in query.split("&") if item.partition("=")[0] not in SECRET_QUERY_KEYS]
+    return f"{path}?{'&'.join(kept)}" if kept else path
+
+
 def open_storage(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
     """A pyarrow filesystem and root path for a storage URI; a plain path is a local folder."""
     return pyarrow.fs.FileSystem.from_uri(absolute_uri(uri))
