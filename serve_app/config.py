@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import socket
-from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -383,8 +382,10 @@ class GraphArgs(Strict):
         """Local paths made absolute here, in the process that reads the config, so that every
         replica (and a batch job's actors) agree whatever their working directory."""
 
+        from serve_app.storage import absolute_uri  # pyarrow's filesystems, not needed to read a config
+
         def resolved(path: str | None) -> str | None:
-            return path if path is None or "://" in path else str(Path(path).resolve())
+            return None if path is None else absolute_uri(path)
 
         drift = {m: d.model_copy(update={"reference": resolved(d.reference)}) for m, d in self.drift.items()}
         paths = {"repository": resolved(self.repository), "storage_uri": resolved(self.storage_uri)}
