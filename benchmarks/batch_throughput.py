@@ -9,9 +9,9 @@ itself (whose start it reports apart), then on a cluster that is up and has run 
 `ray job submit` meets it). With --two-node, the job on a local cluster of one node of one CPU, then
 of two such nodes: rows/s with one actor against two, each on its own node.
 
-On the running cluster it also measures the floor of any job's pool start there (bare actors that
-only import what a scoring actor must, actor_start_floor.py), beside the target's time (twice the
-loop's): a floor above it is a target no job on that cluster can meet.
+On the running cluster it also measures the floor of a pool's start there, for one actor and for
+one per CPU (bare actors that only import what a scoring actor must, actor_start_floor.py), beside
+the target's time (twice the loop's): a pool whose floor alone is above it cannot meet the target.
 
 Writes benchmarks/results/batch_throughput-<date>.json. Nothing here is asserted.
 """
@@ -89,17 +89,19 @@ def batch_job(config: Path, data: Path, output: Path, batch_size: int, address: 
 
 def actor_start_floor(address: str, actors: int) -> float:
     """Seconds from a new driver's connection until `actors` bare actors have imported what a
-    scoring actor must (actor_start_floor.py): no job on this cluster can start its pool faster."""
+    scoring actor must (actor_start_floor.py): no pool of that size on this cluster starts faster."""
     probe = [sys.executable, str(Path(__file__).with_name("actor_start_floor.py")), address, str(actors)]
-    done = subprocess.run(probe, capture_output=True, text=True, cwd=ROOT, check=True)
+    done = subprocess.run(probe, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise SystemExit(f"the actor start probe failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
 
 
-def on_running_cluster(nodes: int, cpus: int, job) -> dict:
+def on_running_cluster(nodes: int, cpus: int, job, floors: tuple[int, ...] = ()) -> dict:
     """The job twice on a local cluster of `nodes` nodes of `cpus` CPUs (ray.cluster_utils: a raylet
     each), as `ray job submit` runs it on a cluster that is up: the first job also starts Ray Data's
     own actors, which stay for the jobs after it; the second is what every later job costs. Then
-    the floor of a pool's start on that cluster (actor_start_floor)."""
+    the floor of a pool's start on that cluster for each pool size in `floors` (actor_start_floor)."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus, "include_dashboard": False})
@@ -108,11 +110,8 @@ def on_running_cluster(nodes: int, cpus: int, job) -> dict:
     cluster.wait_for_nodes()
     try:
         first, after = job(cluster.address), job(cluster.address)
-        return {
-            "first_job": first,
-            "next_job": after,
-            "pool_start_floor_s": actor_start_floor(cluster.address, after["actors"]),
-        }
+        floor = {str(actors): actor_start_floor(cluster.address, actors) for actors in floors}
+        return {"first_job": first, "next_job": after, "pool_start_floor_s": floor}
     finally:
         cluster.shutdown()
 
@@ -141,7 +140,8 @@ def main() -> None:
         return batch_job(config, workdir / "data", workdir / "by-job", args.batch_size, address)
 
     fresh = job()  # the command line starts a local cluster of the machine's CPUs
-    on_cluster = on_running_cluster(1, os.cpu_count() or 1, job)
+    cpus = os.cpu_count() or 1
+    on_cluster = on_running_cluster(1, cpus, job, floors=tuple(sorted({1, cpus})))
     running = on_cluster["next_job"]
     target_s = 2 * baseline["seconds"]  # the job at 0.5x the loop's rows/s
     result = {
