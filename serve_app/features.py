@@ -271,7 +271,34 @@ def _text(name: str, column: Column) -> pa.Array | pa.ChunkedArray:
 def _is_text(kind: pa.DataType) -> bool:
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
-    return any(check(kind) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary))
+    return any(check(kind) for check in (pa.types.is_string, pa.types.is_large_string)) or _is_binary(kind)
+
+
+def _is_binary(kind: pa.DataType) -> bool:
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+
+
+def _not_utf8(column: pa.ChunkedArray) -> np.ndarray:
+    """The rows of a binary column whose bytes are not UTF-8 text: all checked at once by a cast,
+    then, only when that fails, a value at a time to find which."""
+    try:
+        column.cast(pa.string())
+        return np.zeros(len(column), dtype=bool)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+
+    def invalid(value: bytes | None) -> bool:
+        if value is None:
+            return False
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            return True
+        return False
+
+    return np.array([invalid(value) for value in column.to_pylist()], dtype=bool)
 
 
 def _bad_rows(f: NumericFeature | CategoricalFeature | BooleanFeature, column: pa.ChunkedArray) -> np.ndarray:
@@ -287,4 +314,7 @@ def _bad_rows(f: NumericFeature | CategoricalFeature | BooleanFeature, column: p
     fits = _is_text(kind) if isinstance(f, CategoricalFeature) else pa.types.is_boolean(kind)
     if not fits:
         return np.ones(len(column), dtype=bool)
-    return column.is_null().to_numpy(zero_copy_only=False)
+    bad = column.is_null().to_numpy(zero_copy_only=False)
+    if _is_binary(kind):  # bytes the preprocessor would refuse as text, row by row, not the whole batch
+        bad |= _not_utf8(column)
+    return bad

@@ -88,6 +88,17 @@ def test_arrow_columns_give_the_same_features_and_their_problems_are_found_row_b
         "'country' is missing or not a string",
         None,
     ]
+    # Text as bytes: UTF-8 is text; a row of other bytes is that row's problem, not its whole batch's.
+    as_bytes = [c.encode() for c in frame["country"]]
+    binary = table.set_column(table.column_names.index("country"), "country", pa.array(as_bytes, pa.binary()))
+    assert all(p is None for p in fitted.row_problems(binary))
+    np.testing.assert_array_equal(
+        fitted.transform({name: binary[name] for name in binary.column_names})["features"], arrow
+    )
+    for kind in (pa.binary(), pa.large_binary(), pa.dictionary(pa.int32(), pa.binary())):
+        latin = pa.array([b"Espa\xf1a", *as_bytes[1:]], pa.binary()).cast(kind)
+        problems = fitted.row_problems(table.set_column(table.column_names.index("country"), "country", latin))
+        assert problems[0] == "'country' is missing or not a string" and all(p is None for p in problems[1:])
     as_numbers = table.set_column(table.column_names.index("country"), "country", pa.array(range(300)))
     assert set(fitted.row_problems(as_numbers)) == {"'country' is missing or not a string"}
     with pytest.raises(InvalidInput, match="country"):
