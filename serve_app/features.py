@@ -258,7 +258,7 @@ def _text(name: str, column: Column) -> pa.Array | pa.ChunkedArray:
                 raise _not_text(name) from None
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
-    if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+    if _is_binary(column.type):
         try:
             column = column.cast(pa.string())  # checks the UTF-8
         except pa.ArrowInvalid:
@@ -268,16 +268,17 @@ def _text(name: str, column: Column) -> pa.Array | pa.ChunkedArray:
     return column
 
 
+def _values(kind: pa.DataType) -> pa.DataType:
+    """The type of a column's values: a dictionary's value type, else the column's own."""
+    return kind.value_type if pa.types.is_dictionary(kind) else kind
+
+
 def _is_text(kind: pa.DataType) -> bool:
-    if pa.types.is_dictionary(kind):
-        kind = kind.value_type
-    return any(check(kind) for check in (pa.types.is_string, pa.types.is_large_string)) or _is_binary(kind)
+    return pa.types.is_string(_values(kind)) or pa.types.is_large_string(_values(kind)) or _is_binary(kind)
 
 
 def _is_binary(kind: pa.DataType) -> bool:
-    if pa.types.is_dictionary(kind):
-        kind = kind.value_type
-    return pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+    return pa.types.is_binary(_values(kind)) or pa.types.is_large_binary(_values(kind))
 
 
 def _not_utf8(column: pa.ChunkedArray) -> np.ndarray:
