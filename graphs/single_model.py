@@ -23,6 +23,12 @@ from serve_app.messages import Pipeline
 from serve_app.repository import ModelRepository, ModelVersion
 
 DRIFT_DEPLOYMENT = "drift-monitor"
+SURGE_PERCENT = 100
+"""Every change of the application's args restarts all its replicas (Serve's code version hashes the
+args). Routers, preprocessors and CPU model replicas start their replacements before the old ones stop
+(Serve's max_surge_percent), so the old graph serves meanwhile and requests do not wait on a restart.
+Not the experiment store and the drift monitor (each the single owner of its state), nor a replica
+holding a GPU (its replacement would wait for the GPU it holds)."""
 
 
 def build_app(args: dict) -> Application:
@@ -48,6 +54,7 @@ def router(settings: GraphArgs):
         # The router is rarely what saturates; the versions behind it shed (max_queued_requests).
         max_queued_requests=settings.max_ongoing_requests_ingress,
         graceful_shutdown_timeout_s=LOAD_WAIT_S + 30,
+        max_surge_percent=SURGE_PERCENT,
         ray_actor_options={"num_cpus": settings.num_cpus_ingress},
     )
 
@@ -111,6 +118,7 @@ def version_pipeline(repository: str, version: ModelVersion, settings: GraphArgs
             num_replicas=config.instances.num_replicas,
             max_ongoing_requests=settings.max_ongoing_requests_ingress,
             max_queued_requests=settings.max_queued_requests,
+            max_surge_percent=SURGE_PERCENT,
             ray_actor_options={"num_cpus": settings.num_cpus_ingress},
         ).bind(repository, config.name, version.version)
     runner = ModelDeployment.options(
@@ -120,6 +128,7 @@ def version_pipeline(repository: str, version: ModelVersion, settings: GraphArgs
         max_ongoing_requests=max(2 * config.dynamic_batching.max_batch_size, config.max_batch_size),
         max_queued_requests=settings.max_queued_requests,
         user_config=config.dynamic_batching.model_dump(),
+        max_surge_percent=0 if config.instances.num_gpus > 0 else SURGE_PERCENT,
         ray_actor_options={"num_cpus": config.instances.num_cpus, "num_gpus": config.instances.num_gpus},
     ).bind(repository, config.name, version.version, preprocess=in_model, statistics=statistics)
     return Pipeline(config.name, version.version, runner, preprocessor)

@@ -110,6 +110,11 @@ def test_a_new_version_goes_live_under_traffic_without_a_failed_request(deployed
         assert loaded["added"] == ["fraud-v3-model", "fraud-v3-preprocessor"]
         assert index(http) == {"1": "READY", "2": "READY", "3": "READY"}
         assert http.post("/v2/models/fraud/versions/3/infer", json=BODY).status_code == 200
+        # The old graph served during the load: every deployment but the experiment store (the single
+        # owner of its state) starts its replacements before its old replicas stop.
+        deployments = ray_compat.serve_instance_details()["applications"][APP]["deployments"]
+        surge = {name: d["deployment_config"]["max_surge_percent"] for name, d in deployments.items()}
+        assert surge.pop("experiments") == 0 and set(surge.values()) == {100}, surge
 
         challenger = {"champion": 1, "challenger": 3, "challenger_weight": 0.5, "shadows": [2], "shadow_fraction": 1.0}
         settled(send_change(http, "PUT", "/v2/models/fraud/experiment/traffic", json=challenger, headers=AUTH))
