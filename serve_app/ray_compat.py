@@ -80,3 +80,18 @@ def bound_deployments(application: serve.Application) -> list[serve.Deployment]:
         elif isinstance(item, dict):
             pending.extend(item.values())
     return found
+
+
+def ingress_draining_s() -> float:
+    """How long a stopping ingress replica stays reachable from outside, for a load balancer to drop
+    it: Ray's HAProxy sends it requests that long. Zero behind Serve's own proxy, whose handles drop
+    a stopping replica at once.
+
+    Private: `ray.serve._private.constants` (RAY_SERVE_ENABLE_DIRECT_INGRESS and
+    RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S, read from the environment Ray's processes share).
+    """
+    from ray.serve._private import constants
+
+    if not constants.RAY_SERVE_ENABLE_DIRECT_INGRESS:
+        return 0.0
+    return float(constants.RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S)

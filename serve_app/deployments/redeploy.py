@@ -4,7 +4,8 @@
 Serve fixes an application's deployments when it is deployed, so adding or removing a version is
 a new deployment of the application's config: the router submits the same ServeDeploySchema the
 dashboard's PUT submits (every declared application, this one changed), then waits, bounded, for a
-router of the new graph and for every deployment to be healthy.
+router of the new graph, for every deployment to be healthy and for the old graph's routers to leave
+the proxy.
 
 No lost updates: a router computes a change from the args its graph was built from, so two changes
 at once (through one router or several) could each undo the other. Changes are compare-and-set: the
@@ -38,10 +39,12 @@ from serve_app.errors import Conflict, ServeAppError
 
 T = TypeVar("T")
 logger = logging.getLogger("ray.serve")
-LOAD_WAIT_S = 25.0
+LOAD_WAIT_S = 55.0
 """A change answers within this long of its start, 202 (still loading) if the new graph is not up by
-then: under the proxy's timeout (HAProxy's server timeout, 30 s, with room for the answer), which
-would otherwise answer a plain 500 for a change that went through."""
+then: under the proxy's timeout (HAProxy's server timeout, 60 s, with room for the answer), which
+would otherwise answer a plain 500 for a change that went through, and under tritonclient's default
+network timeout (60 s). A gRPC client cannot tell 202 from 200: the longer the wait, the more often its
+load or unload returns with the change live on two cores (about 50 s there for a load under traffic)."""
 ASK_TIMEOUT_S = 5.0
 LOCK_WAIT_S = 10.0
 """Longest a change waits for another one to this application to be submitted; then 409."""
@@ -96,7 +99,7 @@ async def redeploy(args: dict, action: str, experiments: dict[str, dict], based_
     """Called by a router replica: deploy its application again with `args` (and the experiment
     store's configured traffic of `experiments`), if its deployed config is still at version
     `based_on` (what the router was built from); what changed and whether it is all up. This
-    replica stops taking requests meanwhile and finishes this one before it stops. It answers
+    replica serves until a router of the new graph runs, and finishes this call before it stops. It answers
     within LOAD_WAIT_S, however long the steps before the submission took on a busy machine."""
     called = time.monotonic()
     deadline = called + LOAD_WAIT_S
@@ -133,14 +136,23 @@ async def redeploy(args: dict, action: str, experiments: dict[str, dict], based_
     logger.info("%s: submitted %.1f s after the call", action, time.monotonic() - called)
     router = serve.get_deployment_handle(context.deployment, app_name)
     states, pending, routed, done = before, {}, False, False
+    old_routers_left: float | None = None  # when the last router of the old graph stopped running
+    draining_s = ray_compat.ingress_draining_s()
     while not done and time.monotonic() < deadline:
         states = await _by(deadline, asyncio.to_thread(_deployment_states, app_name)) or states
         # The router deployment is not HEALTHY until this replica has stopped: it is asked instead.
         pending = {n: s for n, s in states.items() if s["status"] != "HEALTHY" and n != context.deployment}
-        if not routed:  # this replica no longer takes requests: whoever answers is a router of the new graph
+        if not routed:  # a router of the new graph answers (one started after the submission)
             started = await _by(min(deadline, time.monotonic() + ASK_TIMEOUT_S), _start_time(router))
             routed = started is not None and started > submitted
-        done = routed and not pending and names <= set(states)
+        if routed and old_routers_left is None:
+            old = asyncio.to_thread(_routers_started_before, app_name, context.deployment, submitted)
+            old_routers_left = time.monotonic() if await _by(deadline, old) == 0 else None
+        # Routers surge (graphs/single_model.py): the old ones stop once the new ones run, and the proxy
+        # still sends them requests while they drain. Answered after that, the change is what every
+        # request sees next, as a Triton client expects of a load or unload that returned.
+        drained = old_routers_left is not None and time.monotonic() >= old_routers_left + draining_s
+        done = routed and drained and not pending and names <= set(states)
         if not done:
             await asyncio.sleep(0.5)
     if not done:
@@ -199,6 +211,13 @@ def _with_traffic(override: dict, experiments: dict[str, dict]) -> dict:
         return override
     traffic = {**configured, **{model: e["traffic"] for model, e in experiments.items() if model in configured}}
     return {**override, "user_config": {**override["user_config"], "traffic": traffic}}
+
+
+def _routers_started_before(app_name: str, deployment: str, submitted: float) -> int:
+    """Router replicas still running that started before the change was submitted: the old graph's."""
+    details = ray_compat.serve_instance_details()["applications"].get(app_name)
+    replicas = details["deployments"].get(deployment, {}).get("replicas", []) if details else []
+    return sum(r["state"] == "RUNNING" and r["start_time_s"] < submitted for r in replicas)
 
 
 def _deployment_states(app_name: str) -> dict[str, dict]:

@@ -105,3 +105,41 @@ def test_a_change_based_on_an_old_config_is_refused_before_anything_is_submitted
     with pytest.raises(Conflict, match="the application's config changed since this router was built"):
         asyncio.run(redeploy.redeploy(NEW_ARGS, "load fraud v2", {}, "0123456789abcdef"))
     assert control.submitted == []
+
+
+class NewRouter:
+    """A router handle answered by a router of the new graph (started after the submission)."""
+
+    def __init__(self) -> None:
+        self.start_time = SimpleNamespace(remote=self._start_time)
+
+    async def _start_time(self) -> float:
+        return time.time() + 3600
+
+
+@pytest.mark.parametrize("old_routers_stop", [False, True])
+def test_a_change_answers_ready_only_once_the_old_routers_have_left_the_proxy(control, old_routers_stop):
+    """Routers surge: the new graph answers and every deployment is healthy while the old routers
+    still run, and then drain, reachable through the proxy. READY means the next request sees the
+    change, so it waits for both; old routers that never stop leave the call LOADING."""
+    control.monkeypatch.setattr(redeploy, "_apply_applications", lambda *a: control.submitted.append(a))
+    control.monkeypatch.setattr(redeploy.serve, "get_deployment_handle", lambda *_: NewRouter())
+    control.monkeypatch.setattr(redeploy, "_deployment_states", lambda _app: {**BEFORE, "fraud-v2": BEFORE["router"]})
+    control.monkeypatch.setattr(redeploy.ray_compat, "ingress_draining_s", lambda: 0.3)
+    left: list[float] = []
+
+    def old_routers(*_) -> int:
+        if old_routers_stop and not left:
+            left.append(time.monotonic())
+        return 0 if old_routers_stop else 1
+
+    control.monkeypatch.setattr(redeploy, "_routers_started_before", old_routers)
+
+    answer = asyncio.run(redeploy.redeploy(NEW_ARGS, "load fraud v2", {}, redeploy.config_version(OLD_ARGS)))
+    answered = time.monotonic()
+
+    if old_routers_stop:
+        assert answer["state"] == "READY" and answer["pending"] == {}
+        assert answered >= left[0] + 0.3  # not before the last old router's draining was over
+    else:
+        assert answer["state"] == "LOADING" and answer["pending"] == {}
