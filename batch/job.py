@@ -6,7 +6,9 @@
 
 The graph comes from an application's args in a Serve config (or a batch config that points at
 one), so the model, version, preprocessor and drift detectors are those the online app serves.
-read_parquet -> map_batches(Scorer, ActorPoolStrategy) -> write_parquet, in rounds of input files.
+Fragments of the input (runs of row groups) -> Scorer (reads, scores, writes), in a Ray Data actor
+pool, or in the driver when it would be done before a pool could start (choose_placement), in rounds
+of input files.
 Each round is written under <output>/_staging/<part>/, its files are moved one by one to
 <output>/<part>/ (object stores move files, not folders), and then the round is recorded in
 <output>/_manifest.json, replaced whole (the commit point). A re-run skips the files the manifest
@@ -26,6 +28,7 @@ import os
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,10 @@ MANIFEST = "_manifest.json"
 SUMMARY = "_summary.json"
 STAGING = "_staging"
 POOL_START_TIMEOUT_S = 600
+POOL_START_S = 2.5
+"""What a pool of scoring actors costs before its first row: a Ray job's actors are new processes
+that import Ray Data and load the model (2.3-2.6 s on two cores, benchmarks/actor_start_floor.py).
+A job the driver scores faster than that plus the pool's share of the rows runs in the driver."""
 SOURCE_COLUMN = "source_file"
 
 
@@ -395,7 +402,9 @@ class Scorer:
                 writer.close()
         return rows, failed
 
-    def score(self, batch: pa.Table, fragment: Fragment, number: int) -> tuple[pa.Table | None, list[pa.Table]]:
+    def score(
+        self, batch: pa.Table, fragment: Fragment, number: int, drift: bool = True
+    ) -> tuple[pa.Table | None, list[pa.Table]]:
         """Batch `number` of a fragment: the scored rows, in the output's columns (None when the
         whole batch failed), and the rows set aside with an `error` column."""
         primary = self.versions[0]
@@ -415,7 +424,7 @@ class Scorer:
                     columns[prefix + spec.name] = _arrow(outputs.get(spec.name, np.empty((0,), dtype=np.float32)))
                 columns[prefix + "model_version"] = pa.repeat(pa.scalar(version.version, pa.int64()), rows)
             scored = pa.table(columns)
-            if self.detectors is not None and rows >= 20:
+            if drift and self.detectors is not None and rows >= 20:
                 drift = self._check_drift(good, scored[primary.config.outputs[0].name].to_numpy())
                 staging = f"{self.output_root}/{STAGING}/{fragment.part}"
                 self._write(f"{staging}/_drift", f"{fragment.index:06d}-{number}", drift)
@@ -473,15 +482,48 @@ def _row_problems(version: ModelVersion, batch: pa.Table) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
+# Placement: the driver or a pool of actors, whichever is done first
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a job's fragments are scored, and on what grounds."""
+
+    where: str
+    """"driver" (the job's own process) or "actor_pool"."""
+    actors: int
+    driver_rows_per_s: float | None = None
+    """The driver's rate on the fragment it scored first (read, scored, written); None when num_actors
+    or GPUs fixed the pool."""
+    estimate_s: dict[str, float] | None = None
+    """Seconds each placement would take for the rest: the driver at its rate, the pool POOL_START_S
+    plus its share."""
+
+
+def choose_placement(rows: int, driver_rows_per_s: float | None, actors: int) -> Placement:
+    """The driver when it would be done before a pool of `actors` actors, each as fast, would be; a
+    pool of one is never faster, and an input without rows has nothing to start a pool for."""
+    if not rows or not driver_rows_per_s or actors <= 1:
+        return Placement("driver", 0, driver_rows_per_s)
+    driver_s = rows / driver_rows_per_s
+    pool_s = POOL_START_S + rows / (driver_rows_per_s * actors)
+    estimate = {"driver": round(driver_s, 2), "actor_pool": round(pool_s, 2)}
+    if driver_s <= pool_s:
+        return Placement("driver", 0, round(driver_rows_per_s, 1), estimate)
+    return Placement("actor_pool", actors, round(driver_rows_per_s, 1), estimate)
+
+
+# --------------------------------------------------------------------------------------------
 # Running
 # --------------------------------------------------------------------------------------------
 
 
 def run_job(plan: JobPlan) -> dict:
-    """Score every input file not done yet; returns (and writes) the summary. One pool of actors
-    scores the fragments of every round; a round commits as soon as its last fragment is back."""
+    """Score every input file not done yet; returns (and writes) the summary. The driver or one pool
+    of actors (choose_placement) scores the fragments of every round; a round commits as soon as its
+    last fragment is back."""
     import ray
-    from ray.data import ActorPoolStrategy
 
     settings = plan.settings
     out_fs, root = open_storage(plan.output_uri)
@@ -507,32 +549,26 @@ def run_job(plan: JobPlan) -> dict:
     waiting = Counter(f.part for f in fragments)
     done: list[FragmentDone] = []
     committed = 0
+    placement = None
     if fragments:
-        scored = ray.data.from_items([f.row() for f in fragments], override_num_blocks=len(fragments)).map(
-            Scorer,
-            fn_constructor_kwargs={
-                "repository": plan.graph.repository,
-                "model": plan.model,
-                "versions": [v.version for v in plan.versions],
-                "input_fs": plan.input_fs,
-                "columns": plan.columns,
-                "pass_through": plan.pass_through,
-                "output_uri": plan.output_uri,
-                "batch_size": settings.batch_size,
-                "num_cpus": settings.num_cpus_per_actor,
-                "drift": plan.drift.model_dump() if plan.drift else None,
-            },
-            compute=ActorPoolStrategy(size=min(pool, len(fragments))),
-            num_cpus=settings.num_cpus_per_actor,
-            num_gpus=settings.num_gpus_per_actor or None,
-        )
-        # The whole pool up before the first fragment is handed out, and fragments handed to any actor
-        # (a fragment's description lives where the job runs; its rows are read where it is scored),
-        # so that every actor, on every node, takes its share. A pool the cluster cannot place fails,
-        # naming it, instead of waiting. Set on this dataset's own copy of the context, not the process's.
-        scored.context.wait_for_min_actors_s = POOL_START_TIMEOUT_S
-        scored.context.execution_options.actor_locality_enabled = False
-        with contextlib.closing(iter(scored.iter_rows())) as results:  # a failed commit stops the pool too
+        scorer_args = {
+            "repository": plan.graph.repository,
+            "model": plan.model,
+            "versions": [v.version for v in plan.versions],
+            "input_fs": plan.input_fs,
+            "columns": plan.columns,
+            "pass_through": plan.pass_through,
+            "output_uri": plan.output_uri,
+            "batch_size": settings.batch_size,
+            "num_cpus": settings.num_cpus_per_actor,
+            "drift": plan.drift.model_dump() if plan.drift else None,
+        }
+        if settings.num_actors is None and not settings.num_gpus_per_actor:  # the job chooses
+            placement, results = _scored_by_driver_or_pool(settings, fragments, pool, scorer_args)
+        else:
+            placement = Placement("actor_pool", min(pool, len(fragments)))
+            results = _scored_by_pool(settings, fragments, placement.actors, scorer_args)
+        with contextlib.closing(results):  # a failed commit stops the pool too
             for row in results:
                 result = FragmentDone.of(row)
                 done.append(result)
@@ -549,12 +585,57 @@ def run_job(plan: JobPlan) -> dict:
     _remove(out_fs, f"{root}/{STAGING}")
     elapsed = time.perf_counter() - started
     summary = _summary(plan, out_fs, root, list(rounds), done, len(plan.inputs) - len(pending), elapsed)
-    if done:  # how long the actors took to start and load the model, and the rate once they had
+    if placement is not None:
+        summary["placement"] = asdict(placement)
+    if done:  # how long the scorers took to start and load the model, and the rate once they had
         pool_start_s = max(0.0, min(d.started_at for d in done) - started_at)
         summary["pool_start_s"] = round(pool_start_s, 2)
         summary["scoring_rows_per_s"] = round(summary["rows"] / max(elapsed - pool_start_s, 1e-9), 1)
     write_json(plan.output_uri, SUMMARY, summary)
     return summary
+
+
+def _scored_by_driver_or_pool(
+    settings: BatchSettings, fragments: list[Fragment], pool: int, scorer_args: dict
+) -> tuple[Placement, Iterator[dict]]:
+    """The driver scores a fragment with rows (reads, scores and writes it for real), then goes on
+    alone or hands the rest to a pool, whichever that fragment's rate says is done first."""
+    first = next((f for f in fragments if f.rows), fragments[0])
+    rest = [f for f in fragments if f is not first]
+    scorer, began = Scorer(**scorer_args), time.perf_counter()
+    first_done = scorer(first.row())
+    rate = first.rows / max(time.perf_counter() - began, 1e-9) if first.rows else None
+    placement = choose_placement(sum(f.rows for f in rest), rate, min(pool, max(len(rest), 1)))
+    if placement.where == "driver":
+        return placement, _after(first_done, (scorer(f.row()) for f in rest))
+    return placement, _after(first_done, _scored_by_pool(settings, rest, placement.actors, scorer_args))
+
+
+def _after(first: dict, rest: Iterator[dict]) -> Iterator[dict]:
+    """`first`, then what `rest` gives; closing it closes `rest` (a pool stops with it)."""
+    yield first
+    yield from rest
+
+
+def _scored_by_pool(settings: BatchSettings, fragments: list[Fragment], actors: int, scorer_args: dict):
+    """FragmentDone rows from a Ray Data pool of `actors` Scorers, as each fragment is done."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    scored = ray.data.from_items([f.row() for f in fragments], override_num_blocks=len(fragments)).map(
+        Scorer,
+        fn_constructor_kwargs=scorer_args,
+        compute=ActorPoolStrategy(size=actors),
+        num_cpus=settings.num_cpus_per_actor,
+        num_gpus=settings.num_gpus_per_actor or None,
+    )
+    # The whole pool up before the first fragment is handed out, and fragments handed to any actor
+    # (a fragment's description lives where the job runs; its rows are read where it is scored),
+    # so that every actor, on every node, takes its share. A pool the cluster cannot place fails,
+    # naming it, instead of waiting. Set on this dataset's own copy of the context, not the process's.
+    scored.context.wait_for_min_actors_s = POOL_START_TIMEOUT_S
+    scored.context.execution_options.actor_locality_enabled = False
+    yield from scored.iter_rows()
 
 
 def _commit(plan: JobPlan, manifest: dict, filesystem, root: str, part: str, files: list[str]) -> None:

@@ -4,10 +4,12 @@
 
 The loop, in this one process: read each Parquet file, run the model version's preprocessor, score
 with an ONNX Runtime session of default options, and write a Parquet file with the same columns as
-the job's output. The job, `python -m batch` with one actor per CPU: on the local cluster it starts
-itself (whose start it reports apart), then on a cluster that is up and has run a job before (as
-`ray job submit` meets it). With --two-node, the job on a local cluster of one node of one CPU, then
-of two such nodes: rows/s with one actor against two, each on its own node.
+the job's output. The job, `python -m batch` as a user runs it (it scores in the driver or
+on a pool of one actor per CPU, whichever it estimates is done first): on the local cluster it
+starts itself (whose start it reports apart), then on a cluster that is up and has run a job before
+(as `ray job submit` meets it); there also with a pool of one actor per CPU asked for. With
+--two-node, a pool of one actor per node on a local cluster of one node of one CPU, then of two such
+nodes: rows/s with one actor against two, each on its own node.
 
 On the running cluster it also measures the floor of a pool's start there, for one actor and for
 one per CPU (bare actors that only import what a scoring actor must, actor_start_floor.py), beside
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import onnxruntime as ort
@@ -74,16 +77,20 @@ def loop(repository: Path, paths: list[Path], output: Path) -> dict:
     return {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds)}
 
 
-def batch_job(config: Path, data: Path, output: Path, batch_size: int, address: str | None = None) -> dict:
+def batch_job(
+    config: Path, data: Path, output: Path, batch_size: int, address: str | None = None, num_actors: int | None = None
+) -> dict:
+    """`python -m batch`: where it chooses to score (num_actors None), or on a pool of num_actors."""
     command = [sys.executable, "-m", "batch", "--config", str(config), "--input", str(data), "--output", str(output)]
     command += ["--model", MODEL, "--version", str(VERSION), "--batch-size", str(batch_size)]
     command += ["--address", address] if address else []
+    command += ["--num-actors", str(num_actors)] if num_actors else []
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise SystemExit(f"the batch job failed:\n{done.stderr[-4000:]}")
     shutil.rmtree(output)
     summary = json.loads(done.stdout[done.stdout.index("\n{") + 1 :])
-    keys = ("rows", "seconds", "rows_per_s", "pool_start_s", "scoring_rows_per_s", "cluster_start_s")
+    keys = ("rows", "seconds", "rows_per_s", "pool_start_s", "scoring_rows_per_s", "cluster_start_s", "placement")
     return {**{k: summary.get(k) for k in keys}, "actors": len(summary["actors"]), "nodes": len(summary["nodes"])}
 
 
@@ -97,11 +104,12 @@ def actor_start_floor(address: str, actors: int) -> float:
     return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
 
 
-def on_running_cluster(nodes: int, cpus: int, job, floors: tuple[int, ...] = ()) -> dict:
-    """The job twice on a local cluster of `nodes` nodes of `cpus` CPUs (ray.cluster_utils: a raylet
-    each), as `ray job submit` runs it on a cluster that is up: the first job also starts Ray Data's
-    own actors, which stay for the jobs after it; the second is what every later job costs. Then
-    the floor of a pool's start on that cluster for each pool size in `floors` (actor_start_floor)."""
+def on_running_cluster(nodes: int, cpus: int, runs: dict[str, Callable[[str], dict]], floors=()) -> dict:
+    """Each of `runs` (a job, given the cluster's address) on a local cluster of `nodes` nodes of
+    `cpus` CPUs (ray.cluster_utils: a raylet each), as `ray job submit` runs it on a cluster that is
+    up, after a first job of the first kind: the first job with a pool also starts Ray Data's own
+    actors, which stay for the jobs after it. Then the floor of a pool's start on that cluster for each pool size in
+    `floors` (actor_start_floor)."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus, "include_dashboard": False})
@@ -109,9 +117,10 @@ def on_running_cluster(nodes: int, cpus: int, job, floors: tuple[int, ...] = ())
         cluster.add_node(num_cpus=cpus)
     cluster.wait_for_nodes()
     try:
-        first, after = job(cluster.address), job(cluster.address)
+        first = next(iter(runs.values()))(cluster.address)
+        measured = {name: run(cluster.address) for name, run in runs.items()}
         floor = {str(actors): actor_start_floor(cluster.address, actors) for actors in floors}
-        return {"first_job": first, "next_job": after, "pool_start_floor_s": floor}
+        return {"first_job": first, **measured, "pool_start_floor_s": floor}
     finally:
         cluster.shutdown()
 
@@ -136,13 +145,15 @@ def main() -> None:
     paths = generate(workdir / "data", args.rows, args.files)
     baseline = loop(repository, paths, workdir / "by-loop")
 
-    def job(address: str | None = None) -> dict:
-        return batch_job(config, workdir / "data", workdir / "by-job", args.batch_size, address)
+    def job(address: str | None = None, num_actors: int | None = None) -> dict:
+        return batch_job(config, workdir / "data", workdir / "by-job", args.batch_size, address, num_actors)
 
     fresh = job()  # the command line starts a local cluster of the machine's CPUs
     cpus = os.cpu_count() or 1
-    on_cluster = on_running_cluster(1, cpus, job, floors=tuple(sorted({1, cpus})))
-    running = on_cluster["next_job"]
+    # The pool's job first: the first job on the cluster also starts Ray Data's own actors.
+    runs = {"job_on_an_actor_pool": lambda address: job(address, num_actors=cpus), "job": job}
+    on_cluster = on_running_cluster(1, cpus, runs, floors=tuple(sorted({1, cpus})))
+    running, pooled = on_cluster["job"], on_cluster["job_on_an_actor_pool"]
     target_s = 2 * baseline["seconds"]  # the job at 0.5x the loop's rows/s
     result = {
         **result_header("batch_throughput" if args.rows == 1_000_000 else f"batch_throughput-{args.rows}-rows"),
@@ -152,14 +163,20 @@ def main() -> None:
         "loop": baseline,
         "job_on_a_new_local_cluster": fresh,
         "job_on_a_running_cluster": running,
+        "job_on_an_actor_pool": pooled,
         "ratio_new_cluster": round(fresh["rows_per_s"] / baseline["rows_per_s"], 3),
         "ratio_running_cluster": round(running["rows_per_s"] / baseline["rows_per_s"], 3),
-        "ratio_once_the_pool_is_up": round(running["scoring_rows_per_s"] / baseline["rows_per_s"], 3),
+        "ratio_actor_pool": round(pooled["rows_per_s"] / baseline["rows_per_s"], 3),
+        "ratio_once_the_pool_is_up": round(pooled["scoring_rows_per_s"] / baseline["rows_per_s"], 3),
         "target_seconds": round(target_s, 2),
         "pool_start_floor_s": on_cluster["pool_start_floor_s"],
     }
     if args.two_node:
-        one, two = (on_running_cluster(nodes, 1, job)["next_job"] for nodes in (1, 2))
+        # A pool of one actor per node, chosen here: the job alone would score this input in the driver.
+        one, two = (
+            on_running_cluster(nodes, 1, {"pool": lambda address, n=nodes: job(address, num_actors=n)})["pool"]
+            for nodes in (1, 2)
+        )
         result["two_node"] = {
             "one_node_one_cpu": one,
             "two_nodes_one_cpu_each": two,

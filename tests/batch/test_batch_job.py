@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from batch import job
-from batch.job import _pool_size, load_settings, plan_fragments, plan_job, run_job
+from batch.job import POOL_START_S, _pool_size, choose_placement, load_settings, plan_fragments, plan_job, run_job
 from serve_app.config import free_port
 from serve_app.demo import LABEL, request_columns, synthetic_transactions
 from serve_app.errors import InvalidInput
@@ -126,6 +126,19 @@ def test_the_pool_and_the_fragments_follow_the_cluster_and_the_data(serve_config
     ]
 
 
+def test_the_driver_scores_a_job_it_would_finish_before_a_pool_could_start():
+    rate = 1_000_000.0  # the driver's rows/s on the fragment it scored first
+    small = choose_placement(1_000_000, rate, actors=2)  # 1 s in the driver, 2.5 + 0.5 s with two actors
+    assert (small.where, small.actors) == ("driver", 0)
+    assert small.estimate_s == {"driver": 1.0, "actor_pool": POOL_START_S + 0.5}
+    large = choose_placement(10_000_000, rate, actors=2)  # 10 s against 2.5 + 5 s
+    assert (large.where, large.actors) == ("actor_pool", 2)
+    wide = choose_placement(4_000_000, rate, actors=16)  # 4 s against 2.5 + 0.25 s
+    assert wide.where == "actor_pool"
+    assert choose_placement(10_000_000, rate, actors=1).where == "driver"  # one actor is never faster
+    assert choose_placement(0, None, actors=8).where == "driver"  # no rows: nothing to start a pool for
+
+
 @pytest.mark.parametrize("path", BATCH_CONFIGS, ids=lambda p: p.name)
 def test_batch_configs_point_at_a_real_application(path):
     settings = load_settings(str(path), {})
@@ -151,6 +164,24 @@ def test_batch_predictions_equal_the_online_answers(serve_config, served, tmp_pa
     assert response.status_code == 200, response.text
     online = np.array(next(o for o in response.json()["outputs"] if o["name"] == "fraud_probability")["data"])
     np.testing.assert_allclose(offline["fraud_probability"].to_numpy(), online, rtol=0, atol=1e-6)
+
+
+def test_a_small_job_scored_in_the_driver_equals_the_pool_s(serve_config, ray_cluster, tmp_path):
+    """num_actors unset: the job measures the driver and chooses it for a small input (no pool to
+    start); the output, row by row, and the manifest are those a pool of actors writes."""
+    inputs = tmp_path / "in"
+    for n in range(2):
+        write(transactions(300, seed=15 + n, first_id=300 * n), inputs / f"part-{n}.parquet")
+    in_driver = run_job(plan(serve_config, inputs, tmp_path / "driver", num_actors=None))
+    by_pool = run_job(plan(serve_config, inputs, tmp_path / "pool"))
+    assert in_driver["placement"]["where"] == "driver" and in_driver["placement"]["driver_rows_per_s"] > 0
+    assert [a["pid"] for a in in_driver["actors"]] == [os.getpid()]  # this process scored it
+    assert by_pool["placement"] == {"where": "actor_pool", "actors": 1, "driver_rows_per_s": None, "estimate_s": None}
+    assert by_pool["actors"][0]["pid"] != os.getpid()
+    assert in_driver["rows"] == by_pool["rows"] == 600
+    pd.testing.assert_frame_equal(scored(tmp_path / "driver"), scored(tmp_path / "pool"))
+    manifests = [json.loads((tmp_path / out / job.MANIFEST).read_text()) for out in ("driver", "pool")]
+    assert sorted(manifests[0]["done"]) == sorted(manifests[1]["done"]) == sorted(str(p) for p in inputs.iterdir())
 
 
 def test_bad_rows_go_to_errors_with_the_reason_and_the_job_goes_on(serve_config, ray_cluster, tmp_path):
