@@ -803,7 +803,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", action="store_true", default=None, help="also score the challenger")
     parser.add_argument("--drift", action="store_true", default=None, help="test each batch for drift")
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--num-actors", type=int)
+    parser.add_argument("--num-actors", type=int, help="a pool of this many; default: driver or pool")
     parser.add_argument("--num-cpus-per-actor", type=float)
     parser.add_argument("--files-per-round", type=int)
     parser.add_argument("--num-gpus-per-actor", type=float)

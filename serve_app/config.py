@@ -438,8 +438,9 @@ class BatchSettings(Strict):
     """Rows that go through the preprocessor and the model at once (and one drift check each)."""
     num_actors: int | None = Field(None, ge=1)
     """Scoring actors, each of which loads the model once, then reads, scores and writes its share of
-    the files; default: as many as the cluster's CPUs allow (num_cpus_per_actor each), at most one per
-    fragment of the input."""
+    the files. Default: the job's own process (the driver) when it would be done before a pool could
+    start (batch/job.py: choose_placement), else as many as the cluster's CPUs allow (num_cpus_per_actor
+    each), at most one per fragment of the input."""
     num_cpus_per_actor: float = Field(1.0, gt=0.0)
     """Logical CPUs each actor reserves: it reads, scores and writes (ONNX Runtime runs one thread
     per CPU reserved, as a replica does)."""
