@@ -249,9 +249,20 @@ class Gateway:
             if not delivered:
                 self.traffic.requeue(events)
         for model, routing in (await self.experiments.traffic()).items():  # even when recording failed
-            self.traffic.set_traffic(model, TrafficSettings.model_validate(routing.traffic), routing.salt)
+            traffic = TrafficSettings.model_validate(routing.traffic)
+            # A router of the graph before a load overlaps the new graph's while they swap (routers
+            # surge): it keeps the traffic it has rather than route to a version it does not serve.
+            if self.serves(model, traffic.versions):
+                self.traffic.set_traffic(model, traffic, routing.salt)
         if failure is not None:
             raise failure
+
+    def serves(self, model: str, versions: list[int]) -> bool:
+        """Whether this router's graph serves every one of these versions of the model."""
+        try:
+            return all(self.dataplane.served(model, str(v)) for v in versions)
+        except ModelNotFound:
+            return False
 
     async def flush_log(self) -> None:
         if self.traffic.log is not None:

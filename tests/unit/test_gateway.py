@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from serve_app.config import GraphArgs
+from serve_app.config import GraphArgs, TrafficSettings
 from serve_app.demo import request_columns, synthetic_transactions
 from serve_app.errors import InvalidInput, ModelNotFound, Unavailable
 from serve_app.gateway import Gateway
@@ -168,6 +168,21 @@ def test_the_stores_traffic_decision_takes_over(parts):
         assert gateway.traffic.policies["fraud"].salt == "secret-of-fraud"
         answers = [await gateway.serve("fraud", None, _request(seed=i), None) for i in range(10)]
         assert {(a.model_version, a.parameters["arm"]) for a in answers} == {("2", "champion")}
+
+    asyncio.run(run())
+
+
+def test_a_router_keeps_its_traffic_when_the_store_names_a_version_it_does_not_serve(parts):
+    """A router of the graph before a load, still answering while the new graph's routers take
+    over, hears of the loaded version from the store first: it routes on with what it serves."""
+
+    async def run():
+        gateway, experiments, _, _ = _gateway(parts)
+        experiments.decided = {"fraud": {"champion": 1, "challenger": 9, "challenger_weight": 0.5}}
+        await gateway.sync_with_experiments()
+        assert gateway.traffic.traffic["fraud"] == TrafficSettings.model_validate(SPLIT)
+        answers = [await gateway.serve("fraud", None, _request(seed=i), None) for i in range(20)]
+        assert {a.model_version for a in answers} <= {"1", "2"}  # no request went to version 9
 
     asyncio.run(run())
 
