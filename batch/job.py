@@ -402,9 +402,7 @@ class Scorer:
                 writer.close()
         return rows, failed
 
-    def score(
-        self, batch: pa.Table, fragment: Fragment, number: int, drift: bool = True
-    ) -> tuple[pa.Table | None, list[pa.Table]]:
+    def score(self, batch: pa.Table, fragment: Fragment, number: int) -> tuple[pa.Table | None, list[pa.Table]]:
         """Batch `number` of a fragment: the scored rows, in the output's columns (None when the
         whole batch failed), and the rows set aside with an `error` column."""
         primary = self.versions[0]
@@ -424,7 +422,7 @@ class Scorer:
                     columns[prefix + spec.name] = _arrow(outputs.get(spec.name, np.empty((0,), dtype=np.float32)))
                 columns[prefix + "model_version"] = pa.repeat(pa.scalar(version.version, pa.int64()), rows)
             scored = pa.table(columns)
-            if drift and self.detectors is not None and rows >= 20:
+            if self.detectors is not None and rows >= 20:
                 drift = self._check_drift(good, scored[primary.config.outputs[0].name].to_numpy())
                 staging = f"{self.output_root}/{STAGING}/{fragment.part}"
                 self._write(f"{staging}/_drift", f"{fragment.index:06d}-{number}", drift)
@@ -504,14 +502,15 @@ class Placement:
 def choose_placement(rows: int, driver_rows_per_s: float | None, actors: int) -> Placement:
     """The driver when it would be done before a pool of `actors` actors, each as fast, would be; a
     pool of one is never faster, and an input without rows has nothing to start a pool for."""
+    rate = None if driver_rows_per_s is None else round(driver_rows_per_s, 1)
     if not rows or not driver_rows_per_s or actors <= 1:
-        return Placement("driver", 0, driver_rows_per_s)
+        return Placement("driver", 0, rate)
     driver_s = rows / driver_rows_per_s
     pool_s = POOL_START_S + rows / (driver_rows_per_s * actors)
     estimate = {"driver": round(driver_s, 2), "actor_pool": round(pool_s, 2)}
     if driver_s <= pool_s:
-        return Placement("driver", 0, round(driver_rows_per_s, 1), estimate)
-    return Placement("actor_pool", actors, round(driver_rows_per_s, 1), estimate)
+        return Placement("driver", 0, rate, estimate)
+    return Placement("actor_pool", actors, rate, estimate)
 
 
 # --------------------------------------------------------------------------------------------

@@ -174,7 +174,9 @@ def test_a_small_job_scored_in_the_driver_equals_the_pool_s(serve_config, ray_cl
         write(transactions(300, seed=15 + n, first_id=300 * n), inputs / f"part-{n}.parquet")
     in_driver = run_job(plan(serve_config, inputs, tmp_path / "driver", num_actors=None))
     by_pool = run_job(plan(serve_config, inputs, tmp_path / "pool"))
-    assert in_driver["placement"]["where"] == "driver" and in_driver["placement"]["driver_rows_per_s"] > 0
+    # Each file is one fragment: after the driver's first, one is left, and a pool of one actor is never
+    # faster than the driver, whatever the rate it measured.
+    assert (in_driver["placement"]["where"], in_driver["placement"]["actors"]) == ("driver", 0)
     assert [a["pid"] for a in in_driver["actors"]] == [os.getpid()]  # this process scored it
     assert by_pool["placement"] == {"where": "actor_pool", "actors": 1, "driver_rows_per_s": None, "estimate_s": None}
     assert by_pool["actors"][0]["pid"] != os.getpid()
